@@ -1,0 +1,280 @@
+//! The committer thread: takes every pending write, packs them into commit
+//! blocks, writes them, fdatasyncs once for the whole group, then publishes
+//! them to the index and wakes the writers.
+//!
+//! Invariants:
+//! * Blocks are written at strictly increasing, contiguous log positions.
+//! * A block's `commit_position` is the durable end before it, so a later
+//!   valid block proves every earlier byte was acknowledged.
+//! * A segment is rolled only between blocks: seal (synced), then the next
+//!   segment is created whole before any block goes into it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::files::{self, SegmentStart};
+use crate::format::{
+    block_seed, finished_block_len, segment_data_len, BlockBuilder, Fingerprint, Seal, SegmentDigester, Superblock,
+    BLOCK_HEADER_LEN, BLOCK_LEN_MAX, SEAL_REGION, SEGMENT_HEADER_REGION,
+};
+use crate::storage::StorageFile;
+use crate::store::{lock, write, Loc, Shared};
+
+/// The committer stops draining the queue into one group past this many bytes.
+pub(crate) const GROUP_BYTES_MAX: usize = 4 << 20;
+
+/// One record of a write request, for the index.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub key: Bytes,
+    /// Offset of the record within the request's encoded records.
+    pub offset: u32,
+    pub len: u32,
+    pub delete: bool,
+}
+
+/// Records encoded by a writer thread, to be committed atomically.
+#[derive(Debug)]
+pub(crate) struct WriteRequest {
+    pub records: Vec<u8>,
+    pub count: u32,
+    pub entries: Vec<Entry>,
+    pub sync: bool,
+    pub reply: Sender<Result<()>>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    Write(WriteRequest),
+    /// Make everything written so far durable.
+    Sync(Sender<Result<()>>),
+}
+
+impl Cmd {
+    fn len(&self) -> usize {
+        match self {
+            Cmd::Write(w) => w.records.len(),
+            Cmd::Sync(_) => 0,
+        }
+    }
+
+    fn reply(self, result: Result<()>) {
+        let reply = match self {
+            Cmd::Write(w) => w.reply,
+            Cmd::Sync(reply) => reply,
+        };
+        // A writer that gave up waiting is not an error of the committer.
+        let _ = reply.send(result);
+    }
+}
+
+/// The segment blocks are appended to.
+pub(crate) struct ActiveSegment {
+    pub number: u64,
+    pub first_position: u64,
+    /// Hash state over the data written so far, for the seal.
+    pub digester: SegmentDigester,
+}
+
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    rx: Receiver<Cmd>,
+    superblock: Superblock,
+    active: ActiveSegment,
+    file: Arc<dyn StorageFile>,
+    position: u64,
+    fingerprint: Fingerprint,
+    durable_end: u64,
+}
+
+type IndexUpdate = (Bytes, Option<Loc>);
+
+impl Committer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Cmd>,
+        superblock: Superblock,
+        active: ActiveSegment,
+        position: u64,
+        fingerprint: Fingerprint,
+    ) -> Result<Committer> {
+        let file = crate::store::read_segments(&shared)
+            .get(&active.number)
+            .cloned()
+            .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
+        debug_assert!(position >= active.first_position);
+        Ok(Committer { shared, rx, superblock, active, file, position, fingerprint, durable_end: position })
+    }
+
+    /// Serves requests until every [`crate::Store`] handle is gone, then
+    /// makes everything durable and records the commit position.
+    pub(crate) fn run(mut self) -> Result<()> {
+        while let Ok(first) = self.rx.recv() {
+            let mut bytes = first.len();
+            let mut group = vec![first];
+            while bytes < GROUP_BYTES_MAX {
+                match self.rx.try_recv() {
+                    Ok(cmd) => {
+                        bytes += cmd.len();
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+        self.finish()
+    }
+
+    fn commit(&mut self, group: Vec<Cmd>) {
+        let poisoned = lock(&self.shared.poisoned).clone();
+        let result = match poisoned {
+            Some(reason) => Err(reason),
+            None => self.append(&group).map_err(|e| {
+                let reason = e.to_string();
+                tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
+                *lock(&self.shared.poisoned) = Some(reason.clone());
+                reason
+            }),
+        };
+        match result {
+            Ok(updates) => {
+                let mut index = write(&self.shared.index);
+                for (key, loc) in updates {
+                    match loc {
+                        Some(loc) => index.insert(key, loc),
+                        None => index.remove(&key),
+                    };
+                }
+                drop(index);
+                let mut status = lock(&self.shared.status);
+                status.log_end = self.position;
+                status.durable_end = self.durable_end;
+                status.fingerprint = self.fingerprint;
+                drop(status);
+                group.into_iter().for_each(|cmd| cmd.reply(Ok(())));
+            }
+            Err(reason) => {
+                group.into_iter().for_each(|cmd| cmd.reply(Err(Error::Poisoned { reason: reason.clone() })));
+            }
+        }
+    }
+
+    /// Free bytes left in the active segment's data area.
+    fn segment_room(&self) -> usize {
+        let used = self.position - self.active.first_position;
+        (segment_data_len(self.superblock.segment_size) - used) as usize
+    }
+
+    /// Writes the group as few blocks as fit, syncing once if any request asks.
+    fn append(&mut self, group: &[Cmd]) -> Result<Vec<IndexUpdate>> {
+        let mut updates = Vec::new();
+        let mut builder = BlockBuilder::new();
+        let mut staged: Vec<(&WriteRequest, u64)> = Vec::new();
+        let mut sync = false;
+        for cmd in group {
+            let req = match cmd {
+                Cmd::Sync(_) => {
+                    sync = true;
+                    continue;
+                }
+                Cmd::Write(req) => req,
+            };
+            sync |= req.sync;
+            let room = BLOCK_LEN_MAX.min(self.segment_room());
+            if builder.record_count() > 0 && finished_block_len(builder.records_len() + req.records.len()) > room {
+                self.write_block(std::mem::take(&mut builder), &mut staged, &mut updates)?;
+            }
+            if builder.record_count() == 0 && finished_block_len(req.records.len()) > self.segment_room() {
+                self.roll()?;
+            }
+            staged.push((req, (BLOCK_HEADER_LEN + builder.records_len()) as u64));
+            builder.push_records(&req.records, req.count);
+        }
+        if builder.record_count() > 0 {
+            self.write_block(builder, &mut staged, &mut updates)?;
+        }
+        if sync && self.durable_end < self.position {
+            self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
+            self.durable_end = self.position;
+        }
+        Ok(updates)
+    }
+
+    fn write_block(
+        &mut self,
+        builder: BlockBuilder,
+        staged: &mut Vec<(&WriteRequest, u64)>,
+        updates: &mut Vec<IndexUpdate>,
+    ) -> Result<()> {
+        let segment = self.active.number;
+        let seed = block_seed(&self.superblock.store_id, segment, self.position);
+        let (block, fingerprint) =
+            builder.finish(self.position, self.superblock.epoch, self.durable_end, seed, self.fingerprint);
+        debug_assert!(block.len() <= self.segment_room());
+        let file_offset = SEGMENT_HEADER_REGION + (self.position - self.active.first_position);
+        self.file.write_all_at(&block, file_offset).map_err(Error::io("writing a commit block"))?;
+        self.active.digester.update(&block);
+        for (req, base) in staged.drain(..) {
+            for e in &req.entries {
+                let loc = Loc { segment, offset: file_offset + base + u64::from(e.offset), len: e.len };
+                updates.push((e.key.clone(), (!e.delete).then_some(loc)));
+            }
+        }
+        self.position += block.len() as u64;
+        self.fingerprint = fingerprint;
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn roll(&mut self) -> Result<()> {
+        let sb = &self.superblock;
+        let seal = Seal {
+            segment_number: self.active.number,
+            first_position: self.active.first_position,
+            end_position: self.position,
+            digest: self.active.digester.digest(),
+            fingerprint: self.fingerprint,
+        };
+        self.file
+            .write_all_at(&seal.encode(&sb.store_id), sb.segment_size - SEAL_REGION)
+            .and_then(|()| self.file.sync_data())
+            .map_err(Error::io(format!("sealing segment {}", self.active.number)))?;
+        self.durable_end = self.position;
+        let start = SegmentStart {
+            store_id: sb.store_id,
+            segment_size: sb.segment_size,
+            number: self.active.number + 1,
+            first_position: self.position,
+            fingerprint: self.fingerprint,
+            epoch: sb.epoch,
+        };
+        let file = files::create_segment(&*self.shared.storage, &self.shared.dir, &start)?;
+        write(&self.shared.segments).insert(start.number, file.clone());
+        self.file = file;
+        self.active = ActiveSegment { number: start.number, first_position: start.first_position, digester: SegmentDigester::new() };
+        Ok(())
+    }
+
+    /// On shutdown: sync, then record the commit position in the superblock.
+    fn finish(mut self) -> Result<()> {
+        if let Some(reason) = lock(&self.shared.poisoned).clone() {
+            return Err(Error::Poisoned { reason });
+        }
+        if self.durable_end < self.position {
+            self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
+            self.durable_end = self.position;
+        }
+        if self.durable_end == self.superblock.commit_position {
+            return Ok(());
+        }
+        let (_, checksum) = self.superblock.encode();
+        self.superblock.sequence += 1;
+        self.superblock.prev_checksum = checksum;
+        self.superblock.commit_position = self.durable_end;
+        files::write_superblock(&*self.shared.storage, &self.shared.dir, &self.superblock)
+    }
+}

@@ -1,0 +1,118 @@
+//! Creating and rewriting the store's files: the superblock (atomically at
+//! init, then two-phase updates) and new segments (complete before they
+//! appear under their final name).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, Fingerprint, SegmentHeader, StoreId, Superblock, CHECKSUM_ALGORITHM, FORMAT_VERSION,
+    SUPERBLOCK_COPY_LEN, SUPERBLOCK_FILE,
+};
+use crate::storage::{OpenMode, Storage, StorageFile};
+
+pub(crate) const LOCK_FILE: &str = "LOCK";
+const TMP_SUFFIX: &str = ".tmp";
+
+fn io_at(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(format!("{what} {}", path.display()))
+}
+
+/// Writes `contents` to `path` so that the file appears whole or not at all:
+/// a temporary file, synced, renamed into place, directory synced.
+fn create_atomically(
+    storage: &dyn Storage,
+    dir: &Path,
+    name: &str,
+    len: u64,
+    contents: &[(u64, &[u8])],
+) -> Result<Arc<dyn StorageFile>> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+    if storage.exists(&tmp).map_err(io_at("checking", &tmp))? {
+        storage.remove_file(&tmp).map_err(io_at("removing", &tmp))?;
+    }
+    let file = storage.open(&tmp, OpenMode::CreateNew).map_err(io_at("creating", &tmp))?;
+    file.set_len(len).map_err(io_at("sizing", &tmp))?;
+    for (offset, bytes) in contents {
+        file.write_all_at(bytes, *offset).map_err(io_at("writing", &tmp))?;
+    }
+    file.sync_data().map_err(io_at("syncing", &tmp))?;
+    storage.rename(&tmp, &path).map_err(io_at("renaming", &tmp))?;
+    storage.sync_dir(dir).map_err(io_at("syncing directory", dir))?;
+    Ok(file)
+}
+
+/// Removes temporary files an interrupted creation left behind.
+pub(crate) fn remove_temporaries(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    for name in storage.list(dir).map_err(io_at("listing", dir))? {
+        if name.ends_with(TMP_SUFFIX) {
+            let path = dir.join(&name);
+            storage.remove_file(&path).map_err(io_at("removing", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds nothing but what a failed init may leave (lock, temporaries).
+pub(crate) fn is_blank(storage: &dyn Storage, dir: &Path) -> Result<bool> {
+    let names = storage.list(dir).map_err(io_at("listing", dir))?;
+    Ok(names.iter().all(|n| n == LOCK_FILE || n.ends_with(TMP_SUFFIX)))
+}
+
+/// Creates the superblock file of a new store.
+pub(crate) fn create_superblock(storage: &dyn Storage, dir: &Path, sb: &Superblock) -> Result<()> {
+    let (copy, _) = sb.encode();
+    let copies: Vec<(u64, &[u8])> =
+        (0..format::SUPERBLOCK_COPIES).map(|i| ((i * SUPERBLOCK_COPY_LEN) as u64, &copy[..])).collect();
+    create_atomically(storage, dir, SUPERBLOCK_FILE, format::SUPERBLOCK_FILE_LEN as u64, &copies)?;
+    Ok(())
+}
+
+/// Replaces the superblock with `next` (whose sequence must be one higher):
+/// copies 0 and 1, sync, copies 2 and 3, sync. A crash at any point leaves at
+/// least two agreeing copies of either the old or the new superblock.
+pub(crate) fn write_superblock(storage: &dyn Storage, dir: &Path, next: &Superblock) -> Result<()> {
+    let path = dir.join(SUPERBLOCK_FILE);
+    let file = storage.open(&path, OpenMode::ReadWrite).map_err(io_at("opening", &path))?;
+    let (copy, _) = next.encode();
+    for half in [[0usize, 1], [2, 3]] {
+        for i in half {
+            file.write_all_at(&copy, (i * SUPERBLOCK_COPY_LEN) as u64).map_err(io_at("writing", &path))?;
+        }
+        file.sync_data().map_err(io_at("syncing", &path))?;
+    }
+    Ok(())
+}
+
+/// What a new segment starts with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentStart {
+    pub store_id: StoreId,
+    pub segment_size: u64,
+    pub number: u64,
+    pub first_position: u64,
+    pub fingerprint: Fingerprint,
+    pub epoch: u64,
+}
+
+/// Creates segment file `start.number`, full length, header written and durable.
+pub(crate) fn create_segment(storage: &dyn Storage, dir: &Path, start: &SegmentStart) -> Result<Arc<dyn StorageFile>> {
+    let header = SegmentHeader {
+        format_version: FORMAT_VERSION,
+        checksum_algorithm: CHECKSUM_ALGORITHM,
+        store_id: start.store_id,
+        segment_number: start.number,
+        first_position: start.first_position,
+        segment_size: start.segment_size,
+        start_fingerprint: start.fingerprint,
+        epoch: start.epoch,
+    };
+    let name = format::segment_file_name(start.number);
+    create_atomically(storage, dir, &name, start.segment_size, &[(0, &header.encode())])
+}
+
+pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format::segment_file_name(number))
+}

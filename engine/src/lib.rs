@@ -1,0 +1,31 @@
+//! lockstep-engine: a log-structured, checksummed record store on one machine.
+//!
+//! ```no_run
+//! use lockstep_engine::{Options, Store, WriteBatch};
+//! # fn main() -> Result<(), lockstep_engine::Error> {
+//! let store = Store::open("/tmp/lockstep-doc", Options::default())?;
+//! store.put(b"patient/17", b"allergy: penicillin")?; // durable on return
+//! let mut batch = WriteBatch::new();
+//! batch.put(b"patient/18", b"ok").delete(b"patient/16");
+//! store.write(batch)?; // all or nothing, also across a crash
+//! assert_eq!(store.get(b"patient/17")?.as_deref(), Some(&b"allergy: penicillin"[..]));
+//! for item in store.scan_prefix(b"patient/")? {
+//!     let (key, value) = item?;
+//!     println!("{key:?} = {value:?}");
+//! }
+//! store.close()?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod committer;
+pub mod error;
+mod files;
+pub mod format;
+pub mod recovery;
+pub mod storage;
+mod store;
+
+pub use error::{Corruption, Error, Result};
+pub use format::{Fingerprint, NodeId, StoreId, FORMAT_VERSION};
+pub use store::{Durability, Options, Scan, Store, StoreInfo, WriteBatch};

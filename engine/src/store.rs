@@ -1,0 +1,582 @@
+//! The embedded API: [`Store`], [`Options`], [`WriteBatch`].
+//!
+//! Invariants:
+//! * One committer thread appends to the log; every write reaches it through
+//!   one channel, so log order is commit order.
+//! * The index only points at records whose block was written (and, for a
+//!   `Sync` write, made durable) before the index changed: readers never
+//!   see a write before its writer could have been acknowledged, and never
+//!   wait for an fsync.
+//! * After a failed write or fsync the store is poisoned: no further write
+//!   is acknowledged until it is reopened.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::committer::{ActiveSegment, Cmd, Committer, Entry, WriteRequest};
+use crate::error::{Corruption, Error, Result};
+use crate::files::{self, SegmentStart};
+use crate::format::{
+    self, decode_record, encode_record, record_len, Fingerprint, NodeId, StoreId, Superblock, BLOCK_LEN_MAX,
+    BLOCK_OVERHEAD_MAX, KEY_LEN_MAX, RECORD_KIND_DELETE, RECORD_KIND_PUT, SEAL_REGION, VALUE_LEN_MAX,
+};
+use crate::recovery::{self, ScanReport, TornTail};
+use crate::storage::{LockOutcome, OpenMode, StdStorage, Storage, StorageFile};
+
+/// When a write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A write returns once it is durable (fdatasync'd). Concurrent writers
+    /// share one fsync (group commit).
+    #[default]
+    Sync,
+    /// A write returns once it is written to the operating system; call
+    /// [`Store::sync`] to make all earlier writes durable.
+    Buffered,
+}
+
+/// How to open (and, if needed, create) a store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub durability: Durability,
+    /// Create the store if the directory is missing or empty.
+    pub create_if_missing: bool,
+    /// Segment size for a new store (fixed at creation).
+    pub segment_size: u64,
+    /// Store id for a new store; `None` draws a random one. Give the first
+    /// site's id to bind a second site to the same store.
+    pub store_id: Option<StoreId>,
+    /// Where files live: the real file system, or a simulated one in tests.
+    pub storage: Arc<dyn Storage>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Sync,
+            create_if_missing: true,
+            segment_size: format::SEGMENT_SIZE_DEFAULT,
+            store_id: None,
+            storage: Arc::new(StdStorage),
+        }
+    }
+}
+
+/// Puts and deletes applied all together or not at all, also across a crash.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    ops: Vec<(u8, Bytes, Bytes)>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
+        self.ops.push((RECORD_KIND_PUT, Bytes::copy_from_slice(key.as_ref()), Bytes::copy_from_slice(value.as_ref())));
+        self
+    }
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        self.ops.push((RECORD_KIND_DELETE, Bytes::copy_from_slice(key.as_ref()), Bytes::new()));
+        self
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Where a record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The log's current extent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogStatus {
+    pub log_end: u64,
+    pub durable_end: u64,
+    pub fingerprint: Fingerprint,
+}
+
+/// A point-in-time description of an open store.
+#[derive(Debug, Clone)]
+pub struct StoreInfo {
+    pub store_id: StoreId,
+    pub node_id: NodeId,
+    pub epoch: u64,
+    pub segment_size: u64,
+    pub log_end: u64,
+    pub durable_end: u64,
+    pub fingerprint: Fingerprint,
+    pub keys: usize,
+    pub segments: usize,
+}
+
+/// State shared by the store handle, readers and the committer.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub store_id: StoreId,
+    pub node_id: NodeId,
+    pub epoch: u64,
+    pub segment_size: u64,
+    pub record_seed: u32,
+    pub index: RwLock<BTreeMap<Bytes, Loc>>,
+    pub segments: RwLock<BTreeMap<u64, Arc<dyn StorageFile>>>,
+    pub status: Mutex<LogStatus>,
+    pub poisoned: Mutex<Option<String>>,
+}
+
+/// A lockstep store on one machine. `Send + Sync`: share it as `Arc<Store>`.
+#[derive(Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+    durability: Durability,
+    tx: Option<Sender<Cmd>>,
+    committer: Option<JoinHandle<Result<()>>>,
+    // Dropped last: the lock outlives the committer.
+    _lock: LockGuard,
+}
+
+struct LockGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+fn read<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn read_segments(shared: &Shared) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<dyn StorageFile>>> {
+    read(&shared.segments)
+}
+
+pub(crate) fn write<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let exe = std::env::args().next().unwrap_or_default();
+    format!("process {} ({exe}) on host {} since unix time {since}", std::process::id(), host.trim())
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating it first if `dir` is missing or
+    /// empty and `options.create_if_missing` is set. Recovers from a crash:
+    /// a torn tail is exported to `recovered/` and truncated; anything else
+    /// damaged is refused (see docs/FORMAT.md).
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let storage = options.storage.clone();
+        let guard = Self::lock_dir(&*storage, &dir, options.create_if_missing)?;
+        if !storage.exists(&dir.join(format::SUPERBLOCK_FILE)).map_err(Error::io("checking the superblock"))? {
+            if !options.create_if_missing {
+                return Err(Error::NotAStore { path: dir, reason: "no lockstep store here".into() });
+            }
+            Self::create_locked(&*storage, &dir, &options)?;
+        }
+        files::remove_temporaries(&*storage, &dir)?;
+        let mut index = BTreeMap::new();
+        let report = recovery::scan(&*storage, &dir, false, &mut |r| {
+            if r.kind == RECORD_KIND_PUT {
+                let loc = Loc { segment: r.segment, offset: r.file_offset, len: r.len };
+                index.insert(Bytes::copy_from_slice(r.key), loc);
+            } else {
+                index.remove(r.key);
+            }
+        })?;
+        Self::repair(&*storage, &dir, &report)?;
+        Self::start(dir, storage, options.durability, report, index, guard)
+    }
+
+    /// Creates a new store in `dir` (missing or empty) and returns its id.
+    pub fn create(dir: impl AsRef<Path>, options: &Options) -> Result<StoreId> {
+        let dir = dir.as_ref();
+        let storage = &*options.storage;
+        let _guard = Self::lock_dir(storage, dir, true)?;
+        Self::create_locked(storage, dir, options)
+    }
+
+    fn lock_dir(storage: &dyn Storage, dir: &Path, create: bool) -> Result<LockGuard> {
+        let missing = !storage.exists(dir).map_err(Error::io(format!("checking {}", dir.display())))?;
+        if missing && !create {
+            return Err(Error::NotAStore { path: dir.into(), reason: "the directory does not exist".into() });
+        }
+        if missing {
+            storage.create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        }
+        let lock_path = dir.join(files::LOCK_FILE);
+        match storage.try_lock(&lock_path, &lock_owner()).map_err(Error::io(format!("locking {}", dir.display())))? {
+            LockOutcome::Acquired(guard) => Ok(LockGuard(guard)),
+            LockOutcome::HeldBy(holder) => Err(Error::Locked { path: dir.into(), holder }),
+        }
+    }
+
+    fn create_locked(storage: &dyn Storage, dir: &Path, options: &Options) -> Result<StoreId> {
+        if storage.exists(&dir.join(format::SUPERBLOCK_FILE)).map_err(Error::io("checking the superblock"))? {
+            let sb = recovery::read_superblock(storage, dir, true)?;
+            return Err(Error::AlreadyExists { path: dir.into(), store_id: sb.store_id });
+        }
+        if !files::is_blank(storage, dir)? {
+            let reason = "the directory is not empty and holds no lockstep store; give an empty or new directory";
+            return Err(Error::NotAStore { path: dir.into(), reason: reason.into() });
+        }
+        format::validate_segment_size(options.segment_size).map_err(Error::InvalidArgument)?;
+        let store_id = match options.store_id {
+            Some(id) => id,
+            None => StoreId::random().map_err(Error::io("drawing a store id"))?,
+        };
+        let node_id = NodeId::random().map_err(Error::io("drawing a node id"))?;
+        let sb = Superblock::new(store_id, node_id, options.segment_size);
+        files::create_superblock(storage, dir, &sb)?;
+        Ok(store_id)
+    }
+
+    /// Applies what recovery found: exports and clears a torn tail, clears a
+    /// torn seal.
+    fn repair(storage: &dyn Storage, dir: &Path, report: &ScanReport) -> Result<()> {
+        if let Some(tail) = &report.torn_tail {
+            repair_torn_tail(storage, dir, tail)?;
+        }
+        if let Some(last) = report.segments.last().filter(|s| s.damaged_seal) {
+            let file = storage.open(&last.path, OpenMode::ReadWrite).map_err(Error::io("opening the last segment"))?;
+            let zeros = vec![0u8; SEAL_REGION as usize];
+            file.write_all_at(&zeros, report.superblock.segment_size - SEAL_REGION)
+                .and_then(|()| file.sync_data())
+                .map_err(Error::io(format!("clearing the torn seal of {}", last.path.display())))?;
+            tracing::warn!(segment = %last.path.display(), "cleared a seal torn by a crash");
+        }
+        Ok(())
+    }
+
+    fn start(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        durability: Durability,
+        mut report: ScanReport,
+        index: BTreeMap<Bytes, Loc>,
+        guard: LockGuard,
+    ) -> Result<Store> {
+        let sb = report.superblock.clone();
+        let last = report.segments.last().map(|s| s.number);
+        let mut segments = BTreeMap::new();
+        for seg in &report.segments {
+            let mode = if Some(seg.number) == last { OpenMode::ReadWrite } else { OpenMode::Read };
+            let file = storage.open(&seg.path, mode).map_err(Error::io(format!("opening {}", seg.path.display())))?;
+            segments.insert(seg.number, file);
+        }
+        let active = match report.segments.last().filter(|s| !s.sealed) {
+            Some(seg) => {
+                let digester = report.last_digester.take().unwrap_or_default();
+                ActiveSegment { number: seg.number, first_position: seg.header.first_position, digester }
+            }
+            None => {
+                let start = SegmentStart {
+                    store_id: sb.store_id,
+                    segment_size: sb.segment_size,
+                    number: last.map_or(sb.log_start_segment, |n| n + 1),
+                    first_position: report.log_end,
+                    fingerprint: report.fingerprint,
+                    epoch: sb.epoch,
+                };
+                segments.insert(start.number, files::create_segment(&*storage, &dir, &start)?);
+                ActiveSegment { number: start.number, first_position: start.first_position, digester: format::SegmentDigester::new() }
+            }
+        };
+        // What recovery read may sit only in the page cache (an earlier
+        // process wrote it without fsync): make it durable before building on it.
+        if let Some(file) = segments.get(&active.number) {
+            file.sync_data().map_err(Error::io("syncing the last segment"))?;
+        }
+        let status = LogStatus { log_end: report.log_end, durable_end: report.log_end, fingerprint: report.fingerprint };
+        let shared = Arc::new(Shared {
+            dir,
+            storage,
+            store_id: sb.store_id,
+            node_id: sb.node_id,
+            epoch: sb.epoch,
+            segment_size: sb.segment_size,
+            record_seed: format::record_seed(&sb.store_id),
+            index: RwLock::new(index),
+            segments: RwLock::new(segments),
+            status: Mutex::new(status),
+            poisoned: Mutex::new(None),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let committer = Committer::new(shared.clone(), rx, sb, active, report.log_end, report.fingerprint)?;
+        let handle = std::thread::Builder::new()
+            .name("lockstep-committer".into())
+            .spawn(move || committer.run())
+            .map_err(Error::io("starting the committer thread"))?;
+        Ok(Store { shared, durability, tx: Some(tx), committer: Some(handle), _lock: guard })
+    }
+
+    /// The longest record (key + value + header) this store accepts.
+    pub fn record_len_max(&self) -> usize {
+        let segment_room = format::segment_data_len(self.shared.segment_size) as usize;
+        BLOCK_LEN_MAX.min(segment_room) - BLOCK_OVERHEAD_MAX
+    }
+
+    fn check_record(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.is_empty() || key.len() > KEY_LEN_MAX {
+            return Err(Error::InvalidArgument(format!("a key must be 1 to {KEY_LEN_MAX} bytes long, not {}", key.len())));
+        }
+        if value.len() > VALUE_LEN_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "a value must be at most {VALUE_LEN_MAX} bytes long, not {}",
+                value.len()
+            )));
+        }
+        let len = record_len(key.len(), value.len());
+        if len > self.record_len_max() {
+            return Err(Error::InvalidArgument(format!(
+                "a record of {len} bytes does not fit this store's segments ({} bytes at most)",
+                self.record_len_max()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `key`.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        self.submit(&[(RECORD_KIND_PUT, key.as_ref(), value.as_ref())])
+    }
+
+    /// Removes `key` (a no-op for the data if absent; it is still logged).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        self.submit(&[(RECORD_KIND_DELETE, key.as_ref(), &[])])
+    }
+
+    /// Applies every operation of `batch` atomically.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        let ops: Vec<(u8, &[u8], &[u8])> = batch.ops.iter().map(|(k, key, value)| (*k, &key[..], &value[..])).collect();
+        self.submit(&ops)
+    }
+
+    fn submit(&self, ops: &[(u8, &[u8], &[u8])]) -> Result<()> {
+        let mut total = 0usize;
+        for (_, key, value) in ops {
+            self.check_record(key, value)?;
+            total += record_len(key.len(), value.len());
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if total > self.record_len_max() {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {total} bytes does not fit one commit block ({} bytes at most)",
+                self.record_len_max()
+            )));
+        }
+        self.check_poisoned()?;
+        let mut records = Vec::with_capacity(total);
+        let mut entries = Vec::with_capacity(ops.len());
+        for &(kind, key, value) in ops {
+            let offset = records.len() as u32;
+            encode_record(&mut records, self.shared.record_seed, kind, key, value);
+            let len = records.len() as u32 - offset;
+            entries.push(Entry { key: Bytes::copy_from_slice(key), offset, len, delete: kind == RECORD_KIND_DELETE });
+        }
+        let (reply, done) = crossbeam_channel::bounded(1);
+        let request = WriteRequest { records, count: ops.len() as u32, entries, sync: self.durability == Durability::Sync, reply };
+        self.send(Cmd::Write(request))?;
+        done.recv().map_err(|_| Error::Closed)?
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or(Error::Closed)?;
+        tx.send(cmd).map_err(|_| Error::Closed)
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &*lock(&self.shared.poisoned) {
+            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every earlier write durable.
+    pub fn sync(&self) -> Result<()> {
+        self.check_poisoned()?;
+        let (reply, done) = crossbeam_channel::bounded(1);
+        self.send(Cmd::Sync(reply))?;
+        done.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// The value stored under `key`, verified against its checksum.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let key = key.as_ref();
+        let Some(loc) = read(&self.shared.index).get(key).copied() else {
+            return Ok(None);
+        };
+        self.shared.read_value(key, loc).map(Some)
+    }
+
+    /// Key/value pairs in `range`, in key order, as of this call.
+    pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<Scan> {
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (as_bytes(range.start_bound()), as_bytes(range.end_bound()));
+        if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) = range {
+            if s > e {
+                return Ok(Scan { shared: self.shared.clone(), entries: Vec::new().into_iter() });
+            }
+        }
+        let entries: Vec<(Bytes, Loc)> =
+            read(&self.shared.index).range::<[u8], _>(range).map(|(k, l)| (k.clone(), *l)).collect();
+        Ok(Scan { shared: self.shared.clone(), entries: entries.into_iter() })
+    }
+
+    /// Key/value pairs whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<Scan> {
+        let prefix = prefix.as_ref();
+        let mut scan = self.scan::<&[u8], _>((Bound::Included(prefix), Bound::Unbounded))?;
+        let entries: Vec<_> = scan.entries.by_ref().take_while(|(k, _)| k.starts_with(prefix)).collect();
+        scan.entries = entries.into_iter();
+        Ok(scan)
+    }
+
+    /// A description of the store as it is now.
+    pub fn info(&self) -> StoreInfo {
+        let status = *lock(&self.shared.status);
+        StoreInfo {
+            store_id: self.shared.store_id,
+            node_id: self.shared.node_id,
+            epoch: self.shared.epoch,
+            segment_size: self.shared.segment_size,
+            log_end: status.log_end,
+            durable_end: status.durable_end,
+            fingerprint: status.fingerprint,
+            keys: read(&self.shared.index).len(),
+            segments: read(&self.shared.segments).len(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Makes everything durable, records the commit position in the
+    /// superblock and releases the store.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.committer.take() {
+            Some(handle) => handle.join().map_err(|_| Error::Poisoned { reason: "the committer thread panicked".into() })?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!("closing the store failed: {e}");
+        }
+    }
+}
+
+impl Shared {
+    fn read_value(&self, key: &[u8], loc: Loc) -> Result<Bytes> {
+        let path = files::segment_path(&self.dir, loc.segment);
+        let file = read(&self.segments)
+            .get(&loc.segment)
+            .cloned()
+            .ok_or_else(|| Error::corruption(&path, loc.offset, Corruption::WrongRecord))?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset).map_err(Error::io(format!("reading {}", path.display())))?;
+        let (record, _) = decode_record(&buf, self.record_seed).map_err(|e| Error::corruption(&path, loc.offset, e))?;
+        if record.key != key || record.kind != RECORD_KIND_PUT {
+            return Err(Error::corruption(&path, loc.offset, Corruption::WrongRecord));
+        }
+        let start = format::RECORD_HEADER_LEN + key.len();
+        Ok(Bytes::from(buf).slice(start..))
+    }
+}
+
+/// The result of [`Store::scan`]: an ordered snapshot of keys whose values
+/// are read (and verified) as the iterator advances.
+#[derive(Debug)]
+pub struct Scan {
+    shared: Arc<Shared>,
+    entries: std::vec::IntoIter<(Bytes, Loc)>,
+}
+
+impl Iterator for Scan {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, loc) = self.entries.next()?;
+        Some(self.shared.read_value(&key, loc).map(|value| (key, value)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
+    }
+}
+
+fn as_bytes<K: AsRef<[u8]>>(bound: Bound<&K>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k.as_ref()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_ref()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Exports the bytes of a torn tail to `recovered/` and zeroes them.
+fn repair_torn_tail(storage: &dyn Storage, dir: &Path, tail: &TornTail) -> Result<()> {
+    let file = storage.open(&tail.path, OpenMode::ReadWrite).map_err(Error::io(format!("opening {}", tail.path.display())))?;
+    let mut bytes = vec![0u8; tail.len as usize];
+    file.read_exact_at(&mut bytes, tail.file_offset).map_err(Error::io(format!("reading {}", tail.path.display())))?;
+    let recovered = dir.join("recovered");
+    storage.create_dir_all(&recovered).map_err(Error::io(format!("creating {}", recovered.display())))?;
+    let export = recovered.join(format!("torn-tail-segment-{}-position-{}.bin", tail.segment, tail.position));
+    if storage.exists(&export).map_err(Error::io("checking the export file"))? {
+        storage.remove_file(&export).map_err(Error::io("replacing the export file"))?;
+    }
+    let out = storage.open(&export, OpenMode::CreateNew).map_err(Error::io(format!("creating {}", export.display())))?;
+    out.write_all_at(&bytes, 0)
+        .and_then(|()| out.sync_data())
+        .and_then(|()| storage.sync_dir(&recovered))
+        .map_err(Error::io(format!("writing {}", export.display())))?;
+    bytes.fill(0);
+    file.write_all_at(&bytes, tail.file_offset)
+        .and_then(|()| file.sync_data())
+        .map_err(Error::io(format!("truncating {}", tail.path.display())))?;
+    tracing::warn!(
+        "truncated a torn tail of {} bytes at log position {} ({} offset {}: {}); the bytes were saved to {}",
+        tail.len,
+        tail.position,
+        tail.path.display(),
+        tail.file_offset,
+        tail.reason,
+        export.display()
+    );
+    Ok(())
+}
