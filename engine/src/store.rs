@@ -556,9 +556,12 @@ fn repair_torn_tail(storage: &dyn Storage, dir: &Path, tail: &TornTail) -> Resul
     file.read_exact_at(&mut bytes, tail.file_offset).map_err(Error::io(format!("reading {}", tail.path.display())))?;
     let recovered = dir.join("recovered");
     storage.create_dir_all(&recovered).map_err(Error::io(format!("creating {}", recovered.display())))?;
-    let export = recovered.join(format!("torn-tail-segment-{}-position-{}.bin", tail.segment, tail.position));
-    if storage.exists(&export).map_err(Error::io("checking the export file"))? {
-        storage.remove_file(&export).map_err(Error::io("replacing the export file"))?;
+    // Never overwrite an earlier export: each gets its own file.
+    let mut export = recovered.join(format!("torn-tail-segment-{}-position-{}.bin", tail.segment, tail.position));
+    let mut n = 1;
+    while storage.exists(&export).map_err(Error::io("checking the export file"))? {
+        export = recovered.join(format!("torn-tail-segment-{}-position-{}.{n}.bin", tail.segment, tail.position));
+        n += 1;
     }
     let out = storage.open(&export, OpenMode::CreateNew).map_err(Error::io(format!("creating {}", export.display())))?;
     out.write_all_at(&bytes, 0)
