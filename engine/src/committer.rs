@@ -255,7 +255,11 @@ impl Committer {
         let file = files::create_segment(&*self.shared.storage, &self.shared.dir, &start)?;
         write(&self.shared.segments).insert(start.number, file.clone());
         self.file = file;
-        self.active = ActiveSegment { number: start.number, first_position: start.first_position, digester: SegmentDigester::new() };
+        self.active = ActiveSegment {
+            number: start.number,
+            first_position: start.first_position,
+            digester: SegmentDigester::new(),
+        };
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, Fingerprint, SegmentHeader, StoreId, Superblock, CHECKSUM_ALGORITHM, FORMAT_VERSION,
-    SUPERBLOCK_COPY_LEN, SUPERBLOCK_FILE,
+    self, Fingerprint, SegmentHeader, StoreId, Superblock, CHECKSUM_ALGORITHM, FORMAT_VERSION, SUPERBLOCK_COPY_LEN,
+    SUPERBLOCK_FILE,
 };
 use crate::storage::{OpenMode, Storage, StorageFile};
 

@@ -83,14 +83,12 @@ const SEED_SEAL: u64 = 0x5345_414c_4c4b_0001;
 const SEED_GENESIS: u64 = 0x4745_4e45_4c4b_0001;
 const SEED_RECORD: u64 = 0x5245_434f_4c4b_0001;
 
-const _: () = assert!(
-    BLOCK_OVERHEAD_MAX + RECORD_HEADER_LEN + KEY_LEN_MAX + VALUE_LEN_MAX <= BLOCK_LEN_MAX
-);
+const _: () = assert!(BLOCK_OVERHEAD_MAX + RECORD_HEADER_LEN + KEY_LEN_MAX + VALUE_LEN_MAX <= BLOCK_LEN_MAX);
 const _: () = assert!(BLOCK_LEN_MAX as u64 <= SEGMENT_SIZE_DEFAULT - SEGMENT_HEADER_REGION - SEAL_REGION);
 const _: () = assert!(SEGMENT_HEADER_LEN as u64 <= SEGMENT_HEADER_REGION);
 const _: () = assert!(SEAL_LEN as u64 <= SEAL_REGION);
 const _: () = assert!(128 + EPOCH_HISTORY_MAX * 16 <= SUPERBLOCK_COPY_LEN - 8);
-const _: () = assert!(BLOCK_HEADER_LEN % BLOCK_ALIGN == 0 && MARKER_LEN % BLOCK_ALIGN == 0);
+const _: () = assert!(BLOCK_HEADER_LEN.is_multiple_of(BLOCK_ALIGN) && MARKER_LEN.is_multiple_of(BLOCK_ALIGN));
 const _: () = assert!(SEGMENT_SIZE_MAX <= u32::MAX as u64);
 
 /// Why bytes did not decode. Each variant names one failed check.
@@ -227,7 +225,7 @@ pub const fn segment_data_len(segment_size: u64) -> u64 {
 
 /// Checks a segment size given at init.
 pub fn validate_segment_size(size: u64) -> Result<(), String> {
-    if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&size) || size % SEGMENT_SIZE_ALIGN != 0 {
+    if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&size) || !size.is_multiple_of(SEGMENT_SIZE_ALIGN) {
         return Err(format!(
             "segment size {size} must be a multiple of {SEGMENT_SIZE_ALIGN} between {SEGMENT_SIZE_MIN} and {SEGMENT_SIZE_MAX} bytes"
         ));
@@ -555,10 +553,8 @@ pub fn choose_superblock(file: &[u8]) -> Result<Superblock, SuperblockError> {
             Err(_) => {}
         }
     }
-    let agreed = intact
-        .iter()
-        .filter(|a| intact.iter().filter(|b| (b.1, b.2) == (a.1, a.2)).count() >= 2)
-        .max_by_key(|a| a.1);
+    let agreed =
+        intact.iter().filter(|a| intact.iter().filter(|b| (b.1, b.2) == (a.1, a.2)).count() >= 2).max_by_key(|a| a.1);
     let Some(&(version, _, _, index)) = agreed else {
         return Err(match foreign_version {
             Some(found) => SuperblockError::UnknownVersion { found },
@@ -878,7 +874,7 @@ impl BlockHeader {
             return Err(DecodeError::BadField { field: "block flags", value: flags.into() });
         }
         let len = h.len as usize;
-        if len < BLOCK_HEADER_LEN + MARKER_LEN || len > BLOCK_LEN_MAX || len % BLOCK_ALIGN != 0 {
+        if !(BLOCK_HEADER_LEN + MARKER_LEN..=BLOCK_LEN_MAX).contains(&len) || !len.is_multiple_of(BLOCK_ALIGN) {
             return Err(DecodeError::BadField { field: "block len", value: len as u64 });
         }
         Ok(h)
@@ -937,13 +933,7 @@ impl BlockBuilder {
         let len = self.finished_len();
         debug_assert!(len <= BLOCK_LEN_MAX);
         self.buf.resize(len - MARKER_LEN, 0);
-        let header = BlockHeader {
-            position,
-            len: len as u32,
-            record_count: self.record_count,
-            epoch,
-            commit_position,
-        };
+        let header = BlockHeader { position, len: len as u32, record_count: self.record_count, epoch, commit_position };
         header.encode_into(&mut self.buf, seed);
         let digest = xxh3_128_with_seed(&self.buf, seed);
         let fingerprint = prev.chain(digest);
@@ -1216,7 +1206,10 @@ mod tests {
             bad[i] ^= 0x01;
             assert!(verify_block(&bad, 0, seed, rseed, Some(g)).is_err(), "flip at byte {i} not detected");
         }
-        assert!(matches!(verify_block(&block[..block.len() - 1], 0, seed, rseed, None), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            verify_block(&block[..block.len() - 1], 0, seed, rseed, None),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

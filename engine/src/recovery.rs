@@ -13,11 +13,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Corruption, Error, Result};
 use crate::format::{
-    self, block_seed, choose_superblock, genesis_fingerprint, record_seed, verify_block,
-    BlockHeader, DecodeError, Fingerprint, Seal, SegmentDigester, SegmentHeader, Superblock, SuperblockError, BLOCK_ALIGN,
-    BLOCK_HEADER_LEN, BLOCK_MAGIC, CHECKSUM_ALGORITHM, FORMAT_VERSION, INCOMPAT_FEATURES_KNOWN,
-    RO_COMPAT_FEATURES_KNOWN, SEAL_LEN, SEAL_REGION, SEGMENT_HEADER_REGION, SUPERBLOCK_FILE,
-    SUPERBLOCK_FILE_LEN,
+    self, block_seed, choose_superblock, genesis_fingerprint, record_seed, verify_block, BlockHeader, DecodeError,
+    Fingerprint, Seal, SegmentDigester, SegmentHeader, Superblock, SuperblockError, BLOCK_ALIGN, BLOCK_HEADER_LEN,
+    BLOCK_MAGIC, CHECKSUM_ALGORITHM, FORMAT_VERSION, INCOMPAT_FEATURES_KNOWN, RO_COMPAT_FEATURES_KNOWN, SEAL_LEN,
+    SEAL_REGION, SEGMENT_HEADER_REGION, SUPERBLOCK_FILE, SUPERBLOCK_FILE_LEN,
 };
 use crate::storage::{OpenMode, Storage};
 
@@ -196,15 +195,21 @@ fn scan_segment(
     let walk = walk_blocks(&header, data, report, visit);
     let end_position = header.first_position + walk.end as u64;
     let seal_bytes = &buf[(size - SEAL_REGION) as usize..];
-    let sealed = check_seal(&path, &report.superblock, &header, end_position, seal_bytes, &walk, report.fingerprint, last)?;
+    let sealed =
+        check_seal(&path, &report.superblock, &header, end_position, seal_bytes, &walk, report.fingerprint, last)?;
     if let Some((offset, reason)) = walk.damage {
         let file_offset = SEGMENT_HEADER_REGION + offset as u64;
         if !last || sealed {
             return Err(Error::corruption(&path, file_offset, reason));
         }
-        report.torn_tail = Some(classify_tail(&path, &report.superblock, &header, data, offset, reason, report.commit_position)?);
+        report.torn_tail =
+            Some(classify_tail(&path, &report.superblock, &header, data, offset, reason, report.commit_position)?);
     } else if !last && !sealed {
-        return Err(Error::corruption(&path, SEGMENT_HEADER_REGION + walk.end as u64, Corruption::Unsealed { segment: number }));
+        return Err(Error::corruption(
+            &path,
+            SEGMENT_HEADER_REGION + walk.end as u64,
+            Corruption::Unsealed { segment: number },
+        ));
     }
     report.log_end = end_position;
     report.segments.push(SegmentInfo {
@@ -246,7 +251,10 @@ fn check_segment_header(path: &Path, number: u64, bytes: &[u8], report: &ScanRep
     }
     let sequence = |reason: String| Error::SegmentSequence { path: path.into(), reason };
     if header.segment_number != number {
-        return Err(sequence(format!("the file is named segment {number} but its header says {}", header.segment_number)));
+        return Err(sequence(format!(
+            "the file is named segment {number} but its header says {}",
+            header.segment_number
+        )));
     }
     if header.segment_size != sb.segment_size || header.checksum_algorithm != sb.checksum_algorithm {
         let bad = DecodeError::BadField { field: "segment settings", value: header.segment_size };
@@ -264,7 +272,8 @@ fn check_segment_header(path: &Path, number: u64, bytes: &[u8], report: &ScanRep
             return Err(Error::corruption(path, 0, bad));
         }
     } else if header.first_position == 0 && header.start_fingerprint != genesis_fingerprint(&sb.store_id) {
-        let bad = DecodeError::Fingerprint { stored: header.start_fingerprint, computed: genesis_fingerprint(&sb.store_id) };
+        let bad =
+            DecodeError::Fingerprint { stored: header.start_fingerprint, computed: genesis_fingerprint(&sb.store_id) };
         return Err(Error::corruption(path, 0, bad));
     }
     Ok(header)

@@ -31,6 +31,7 @@ pub enum LockOutcome {
 }
 
 /// A file: positioned reads and writes, length, durability.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync + Debug {
     /// Fills `buf` from offset `off`; reading past the end is an error.
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;

@@ -177,10 +177,8 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn lock_owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     let exe = std::env::args().next().unwrap_or_default();
     format!("process {} ({exe}) on host {} since unix time {since}", std::process::id(), host.trim())
 }
@@ -193,11 +191,14 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let storage = options.storage.clone();
+        let superblock = dir.join(format::SUPERBLOCK_FILE);
+        let exists = |storage: &dyn Storage| storage.exists(&superblock).map_err(Error::io("checking the superblock"));
+        if !options.create_if_missing && !exists(&*storage)? {
+            let reason = "no lockstep store here (create one with `lockstep init`)";
+            return Err(Error::NotAStore { path: dir, reason: reason.into() });
+        }
         let guard = Self::lock_dir(&*storage, &dir, options.create_if_missing)?;
-        if !storage.exists(&dir.join(format::SUPERBLOCK_FILE)).map_err(Error::io("checking the superblock"))? {
-            if !options.create_if_missing {
-                return Err(Error::NotAStore { path: dir, reason: "no lockstep store here".into() });
-            }
+        if !exists(&*storage)? {
             Self::create_locked(&*storage, &dir, &options)?;
         }
         files::remove_temporaries(&*storage, &dir)?;
@@ -223,11 +224,7 @@ impl Store {
     }
 
     fn lock_dir(storage: &dyn Storage, dir: &Path, create: bool) -> Result<LockGuard> {
-        let missing = !storage.exists(dir).map_err(Error::io(format!("checking {}", dir.display())))?;
-        if missing && !create {
-            return Err(Error::NotAStore { path: dir.into(), reason: "the directory does not exist".into() });
-        }
-        if missing {
+        if create && !storage.exists(dir).map_err(Error::io(format!("checking {}", dir.display())))? {
             storage.create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
         }
         let lock_path = dir.join(files::LOCK_FILE);
@@ -305,7 +302,11 @@ impl Store {
                     epoch: sb.epoch,
                 };
                 segments.insert(start.number, files::create_segment(&*storage, &dir, &start)?);
-                ActiveSegment { number: start.number, first_position: start.first_position, digester: format::SegmentDigester::new() }
+                ActiveSegment {
+                    number: start.number,
+                    first_position: start.first_position,
+                    digester: format::SegmentDigester::new(),
+                }
             }
         };
         // What recovery read may sit only in the page cache (an earlier
@@ -313,7 +314,8 @@ impl Store {
         if let Some(file) = segments.get(&active.number) {
             file.sync_data().map_err(Error::io("syncing the last segment"))?;
         }
-        let status = LogStatus { log_end: report.log_end, durable_end: report.log_end, fingerprint: report.fingerprint };
+        let status =
+            LogStatus { log_end: report.log_end, durable_end: report.log_end, fingerprint: report.fingerprint };
         let shared = Arc::new(Shared {
             dir,
             storage,
@@ -342,10 +344,18 @@ impl Store {
         BLOCK_LEN_MAX.min(segment_room) - BLOCK_OVERHEAD_MAX
     }
 
-    fn check_record(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    fn check_key(key: &[u8]) -> Result<()> {
         if key.is_empty() || key.len() > KEY_LEN_MAX {
-            return Err(Error::InvalidArgument(format!("a key must be 1 to {KEY_LEN_MAX} bytes long, not {}", key.len())));
+            return Err(Error::InvalidArgument(format!(
+                "a key must be 1 to {KEY_LEN_MAX} bytes long, not {}",
+                key.len()
+            )));
         }
+        Ok(())
+    }
+
+    fn check_record(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        Self::check_key(key)?;
         if value.len() > VALUE_LEN_MAX {
             return Err(Error::InvalidArgument(format!(
                 "a value must be at most {VALUE_LEN_MAX} bytes long, not {}",
@@ -403,7 +413,13 @@ impl Store {
             entries.push(Entry { key: Bytes::copy_from_slice(key), offset, len, delete: kind == RECORD_KIND_DELETE });
         }
         let (reply, done) = crossbeam_channel::bounded(1);
-        let request = WriteRequest { records, count: ops.len() as u32, entries, sync: self.durability == Durability::Sync, reply };
+        let request = WriteRequest {
+            records,
+            count: ops.len() as u32,
+            entries,
+            sync: self.durability == Durability::Sync,
+            reply,
+        };
         self.send(Cmd::Write(request))?;
         done.recv().map_err(|_| Error::Closed)?
     }
@@ -431,6 +447,7 @@ impl Store {
     /// The value stored under `key`, verified against its checksum.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let key = key.as_ref();
+        Self::check_key(key)?;
         let Some(loc) = read(&self.shared.index).get(key).copied() else {
             return Ok(None);
         };
@@ -488,7 +505,9 @@ impl Store {
     fn shutdown(&mut self) -> Result<()> {
         self.tx = None;
         match self.committer.take() {
-            Some(handle) => handle.join().map_err(|_| Error::Poisoned { reason: "the committer thread panicked".into() })?,
+            Some(handle) => {
+                handle.join().map_err(|_| Error::Poisoned { reason: "the committer thread panicked".into() })?
+            }
             None => Ok(()),
         }
     }
@@ -551,7 +570,8 @@ fn as_bytes<K: AsRef<[u8]>>(bound: Bound<&K>) -> Bound<&[u8]> {
 
 /// Exports the bytes of a torn tail to `recovered/` and zeroes them.
 fn repair_torn_tail(storage: &dyn Storage, dir: &Path, tail: &TornTail) -> Result<()> {
-    let file = storage.open(&tail.path, OpenMode::ReadWrite).map_err(Error::io(format!("opening {}", tail.path.display())))?;
+    let file =
+        storage.open(&tail.path, OpenMode::ReadWrite).map_err(Error::io(format!("opening {}", tail.path.display())))?;
     let mut bytes = vec![0u8; tail.len as usize];
     file.read_exact_at(&mut bytes, tail.file_offset).map_err(Error::io(format!("reading {}", tail.path.display())))?;
     let recovered = dir.join("recovered");
@@ -563,7 +583,8 @@ fn repair_torn_tail(storage: &dyn Storage, dir: &Path, tail: &TornTail) -> Resul
         export = recovered.join(format!("torn-tail-segment-{}-position-{}.{n}.bin", tail.segment, tail.position));
         n += 1;
     }
-    let out = storage.open(&export, OpenMode::CreateNew).map_err(Error::io(format!("creating {}", export.display())))?;
+    let out =
+        storage.open(&export, OpenMode::CreateNew).map_err(Error::io(format!("creating {}", export.display())))?;
     out.write_all_at(&bytes, 0)
         .and_then(|()| out.sync_data())
         .and_then(|()| storage.sync_dir(&recovered))

@@ -38,8 +38,12 @@ fn options() -> Options {
 }
 
 fn check(store: &Store, model: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), TestCaseError> {
-    let got: Vec<(Vec<u8>, Vec<u8>)> =
-        store.scan::<&[u8], _>(..).expect("scan").map(|r| r.expect("item")).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = store
+        .scan::<&[u8], _>(..)
+        .expect("scan")
+        .map(|r| r.expect("item"))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
     let want: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     prop_assert_eq!(got, want);
     Ok(())

@@ -1,1 +1,284 @@
-fn main(){}
+//! The `lockstep` command-line tool. Exit codes follow sysexits (see
+//! docs/OPERATIONS.md): 0 ok, 1 key not found, 64 usage, 65 corruption,
+//! 74 I/O, 75 store in use, 76 peer refused, 78 incompatible.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lockstep_engine::{Durability, Error, Options, Store, StoreId};
+use lockstep_replicator::inspect;
+use lockstep_replicator::load::{self, LoadSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "A log-structured record store with checksummed, version-handshaked segments"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Sync,
+    Buffered,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a store and print its id.
+    Init {
+        dir: PathBuf,
+        /// Segment file size in bytes (suffixes K, M, G = KiB, MiB, GiB); default 64M.
+        #[arg(long, value_parser = parse_size)]
+        segment_size: Option<u64>,
+        /// Bind this directory to an existing store (e.g. a second site).
+        #[arg(long)]
+        store_id: Option<StoreId>,
+    },
+    /// Store VALUE under KEY (durable on return).
+    Put { dir: PathBuf, key: OsString, value: OsString },
+    /// Remove KEY.
+    Delete { dir: PathBuf, key: OsString },
+    /// Print the value of KEY; exit 1 if absent.
+    Get { dir: PathBuf, key: OsString },
+    /// Print KEY<TAB>VALUE lines in key order.
+    Scan {
+        dir: PathBuf,
+        #[arg(long)]
+        prefix: Option<OsString>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Verify every checksum, marker, seal and fingerprint; exit 0 clean, 65 corrupt.
+    Check { dir: PathBuf },
+    /// Describe a store (works while another process has it open).
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a write workload; the last line of stdout is a JSON summary.
+    Load {
+        dir: PathBuf,
+        #[arg(long)]
+        records: u64,
+        #[arg(long, default_value_t = 16)]
+        key_size: usize,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long, default_value_t = 1)]
+        writers: usize,
+        #[arg(long, value_enum, default_value = "sync")]
+        durability: DurabilityArg,
+        /// Append each key to FILE once its write is acknowledged durable.
+        #[arg(long)]
+        ack_log: Option<PathBuf>,
+        /// Records per atomic batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Segment size if the store is created by this run.
+        #[arg(long, value_parser = parse_size)]
+        segment_size: Option<u64>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return Err(format!("`{s}` is not a size: use bytes, or a number with K, M or G")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}` is not a size"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A failed command: message for stderr and exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure { code: 74, message: format!("writing output: {e}") }
+    }
+}
+
+fn open(dir: &Path) -> Result<Store, Failure> {
+    Ok(Store::open(dir, Options { create_if_missing: false, ..Options::default() })?)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .with_target(false)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) if f.message.contains("Broken pipe") => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("lockstep: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<u8, Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Init { dir, segment_size, store_id } => {
+            let defaults = Options::default();
+            let options = Options { segment_size: segment_size.unwrap_or(defaults.segment_size), store_id, ..defaults };
+            let id = Store::create(&dir, &options)?;
+            writeln!(out, "{id}")?;
+        }
+        Command::Put { dir, key, value } => open(&dir)?.put(key.as_bytes(), value.as_bytes())?,
+        Command::Delete { dir, key } => open(&dir)?.delete(key.as_bytes())?,
+        Command::Get { dir, key } => {
+            let Some(value) = open(&dir)?.get(key.as_bytes())? else {
+                return Ok(1);
+            };
+            out.write_all(&value)?;
+            if out.is_terminal() {
+                writeln!(out)?;
+            }
+        }
+        Command::Scan { dir, prefix, limit } => {
+            let store = open(&dir)?;
+            let scan = store.scan_prefix(prefix.as_ref().map(|p| p.as_bytes()).unwrap_or_default())?;
+            for item in scan.take(limit.unwrap_or(usize::MAX)) {
+                let (key, value) = item?;
+                out.write_all(&key)?;
+                out.write_all(b"\t")?;
+                out.write_all(&value)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Command::Check { dir } => return check(&dir, &mut out),
+        Command::Inspect { dir, json } => {
+            let inspection = inspect::inspect(&dir)?;
+            if json {
+                writeln!(out, "{}", inspection.to_json())?;
+            } else {
+                write!(out, "{}", inspection.to_text())?;
+            }
+        }
+        Command::Load { dir, records, key_size, value_size, writers, durability, ack_log, batch, segment_size } => {
+            let durability = match durability {
+                DurabilityArg::Sync => Durability::Sync,
+                DurabilityArg::Buffered => Durability::Buffered,
+            };
+            let defaults = Options::default();
+            let options =
+                Options { durability, segment_size: segment_size.unwrap_or(defaults.segment_size), ..defaults };
+            let store = Arc::new(Store::open(&dir, options)?);
+            let spec = LoadSpec { records, key_size, value_size, writers, batch, ack_log };
+            let report = load::run(store.clone(), durability, &spec)
+                .map_err(|e| Failure { code: e.exit_code(), message: e.to_string() })?;
+            let store =
+                Arc::into_inner(store).ok_or(Failure { code: 74, message: "the store is still in use".into() })?;
+            store.close()?;
+            eprintln!(
+                "loaded {} records with {} writers in {:.3} s: {:.0} ops/s, p50 {} µs, p99 {} µs, p99.9 {} µs",
+                report.records,
+                writers,
+                report.seconds,
+                report.ops_per_sec,
+                report.p50_us,
+                report.p99_us,
+                report.p999_us
+            );
+            let summary = serde_json::json!({
+                "records": report.records,
+                "seconds": report.seconds,
+                "ops_per_sec": report.ops_per_sec,
+                "p50_us": report.p50_us,
+                "p99_us": report.p99_us,
+                "p999_us": report.p999_us,
+                "max_us": report.max_us,
+                "bytes": report.bytes,
+                "payload_bytes": report.payload_bytes,
+                "writers": writers,
+                "batch": batch,
+                "durability": if durability == Durability::Sync { "sync" } else { "buffered" },
+                "io_backend": "std",
+            });
+            writeln!(out, "{summary}")?;
+        }
+    }
+    Ok(0)
+}
+
+fn check(dir: &Path, out: &mut impl Write) -> Result<u8, Failure> {
+    let inspection = match inspect::inspect(dir) {
+        Ok(i) => i,
+        Err(e) => {
+            writeln!(out, "{}: NOT CLEAN", dir.display())?;
+            return Err(e.into());
+        }
+    };
+    let r = &inspection.report;
+    let sealed = r.segments.iter().filter(|s| s.sealed).count();
+    writeln!(
+        out,
+        "{}: store {} format v{}: {} segments ({sealed} sealed), {} blocks, {} records, log end {}, fingerprint {}",
+        dir.display(),
+        r.superblock.store_id,
+        r.superblock.format_version,
+        r.segments.len(),
+        inspection.blocks,
+        inspection.records,
+        r.log_end,
+        r.fingerprint
+    )?;
+    if inspection.superblock_copies_intact < lockstep_engine::format::SUPERBLOCK_COPIES {
+        writeln!(
+            out,
+            "note: {} of {} superblock copies intact; the next superblock update rewrites all of them",
+            inspection.superblock_copies_intact,
+            lockstep_engine::format::SUPERBLOCK_COPIES
+        )?;
+    }
+    if let Some(t) = &r.torn_tail {
+        writeln!(
+            out,
+            "note: torn tail of {} bytes beyond the commit position at {} offset {} ({}); opening the store exports it to recovered/ and truncates it",
+            t.len,
+            t.path.display(),
+            t.file_offset,
+            t.reason
+        )?;
+    }
+    writeln!(out, "clean: every checksum, commit marker, seal and fingerprint verified")?;
+    Ok(0)
+}
