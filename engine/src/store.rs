@@ -413,15 +413,10 @@ impl Store {
             entries.push(Entry { key: Bytes::copy_from_slice(key), offset, len, delete: kind == RECORD_KIND_DELETE });
         }
         let (reply, done) = crossbeam_channel::bounded(1);
-        let request = WriteRequest {
-            records,
-            count: ops.len() as u32,
-            entries,
-            sync: self.durability == Durability::Sync,
-            reply,
-        };
+        let sync = self.durability == Durability::Sync;
+        let request = WriteRequest { records, count: ops.len() as u32, entries, sync, reply };
         self.send(Cmd::Write(request))?;
-        done.recv().map_err(|_| Error::Closed)?
+        crate::committer::wait(&done, !sync)
     }
 
     fn send(&self, cmd: Cmd) -> Result<()> {
@@ -441,7 +436,7 @@ impl Store {
         self.check_poisoned()?;
         let (reply, done) = crossbeam_channel::bounded(1);
         self.send(Cmd::Sync(reply))?;
-        done.recv().map_err(|_| Error::Closed)?
+        crate::committer::wait(&done, false)
     }
 
     /// The value stored under `key`, verified against its checksum.
