@@ -210,3 +210,87 @@ fn reads_verify_checksums_and_never_return_damaged_values() {
     assert!(matches!(err, Error::Corruption { .. }), "{err:?}");
     assert_eq!(err.exit_code(), 65);
 }
+
+#[test]
+fn sealed_last_segment_without_a_successor_gets_one() {
+    // A crash after sealing a segment and before creating the next one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    three_blocks(dir.path());
+    let report = scan(dir.path());
+    let seg = report.segments.last().expect("segment");
+    let data = read_at(&seg.path, SEGMENT_HEADER_REGION, (report.log_end - seg.header.first_position) as usize);
+    let seal = format::Seal {
+        segment_number: seg.number,
+        first_position: seg.header.first_position,
+        end_position: report.log_end,
+        digest: format::segment_digest(&data),
+        fingerprint: report.fingerprint,
+    };
+    write_at(&seg.path, SMALL_SEGMENT - SEAL_REGION, &seal.encode(&report.superblock.store_id));
+    assert!(scan(dir.path()).segments[0].sealed);
+
+    let store = open_small(dir.path());
+    assert_eq!(store.info().segments, 2);
+    store.put("d", "in the new segment").expect("put");
+    store.close().expect("close");
+    let report = scan(dir.path());
+    assert_eq!(report.segments.len(), 2);
+    assert!(report.segments[0].sealed && !report.segments[1].sealed);
+    assert_eq!(report.segments[1].records, 1);
+}
+
+#[test]
+fn leftover_temporary_files_are_removed() {
+    // A crash while creating a segment leaves only its temporary file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    three_blocks(dir.path());
+    let tmp = dir.path().join(format!("{}.tmp", format::segment_file_name(1)));
+    std::fs::write(&tmp, b"half a segment").expect("write");
+    let store = open_small(dir.path());
+    assert_eq!(store.info().keys, 3);
+    assert!(!tmp.exists());
+}
+
+#[test]
+fn a_seal_that_does_not_match_its_segment_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    for i in 0..600 {
+        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
+    }
+    store.close().expect("close");
+    let report = scan(dir.path());
+    let first = &report.segments[0];
+    // A valid seal for a shorter segment: the end position disagrees.
+    let seal = format::Seal {
+        segment_number: 0,
+        first_position: 0,
+        end_position: first.end_position - 8,
+        digest: 0,
+        fingerprint: first.end_fingerprint,
+    };
+    write_at(&first.path, SMALL_SEGMENT - SEAL_REGION, &seal.encode(&report.superblock.store_id));
+    let err = Store::open(dir.path(), small_options()).expect_err("must refuse");
+    assert!(
+        matches!(err, Error::Corruption { reason: Corruption::SealMismatch { what: "end position" }, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn overlapping_segments_are_refused_as_incompatible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    for i in 0..600 {
+        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
+    }
+    store.close().expect("close");
+    let report = scan(dir.path());
+    let second = &report.segments[1];
+    // Segment 1 claims to start 8 bytes before segment 0 ends.
+    let header = format::SegmentHeader { first_position: second.header.first_position - 8, ..second.header.clone() };
+    write_at(&second.path, 0, &header.encode());
+    let err = Store::open(dir.path(), small_options()).expect_err("must refuse");
+    assert!(matches!(err, Error::SegmentSequence { .. }), "{err:?}");
+    assert_eq!(err.exit_code(), 78);
+}

@@ -202,3 +202,10 @@ fn store_id_can_be_given_at_creation() {
     let other = tempfile::tempdir().expect("tempdir");
     assert!(matches!(Store::open(other.path(), bad), Err(Error::InvalidArgument(_))));
 }
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    assert_send_sync::<lockstep_engine::Scan>();
+}
