@@ -21,6 +21,16 @@ fn three_blocks(dir: &std::path::Path) -> (Vec<u64>, u64) {
     (starts, end)
 }
 
+/// A closed store of `n` 200-byte records, spread over several segments.
+fn several_segments(dir: &std::path::Path, n: usize) {
+    let store = open_small(dir);
+    for i in 0..n {
+        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
+    }
+    assert!(store.info().segments >= 3, "{} records fill only {} segments", n, store.info().segments);
+    store.close().expect("close");
+}
+
 #[test]
 fn torn_tail_beyond_commit_is_exported_and_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -100,11 +110,7 @@ fn damage_followed_by_a_block_that_acknowledged_it_is_refused() {
 #[test]
 fn damage_in_a_sealed_segment_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_small(dir.path());
-    for i in 0..600 {
-        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
-    }
-    store.close().expect("close");
+    several_segments(dir.path(), 900);
     let path = dir.path().join(format::segment_file_name(0));
     flip(&path, SEGMENT_HEADER_REGION + 5000);
     let err = Store::open(dir.path(), small_options()).expect_err("must refuse");
@@ -115,12 +121,7 @@ fn damage_in_a_sealed_segment_is_refused() {
 #[test]
 fn segment_gap_is_refused_as_incompatible() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_small(dir.path());
-    for i in 0..900 {
-        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
-    }
-    assert!(store.info().segments >= 3);
-    store.close().expect("close");
+    several_segments(dir.path(), 900);
     std::fs::remove_file(dir.path().join(format::segment_file_name(1))).expect("remove");
     let err = Store::open(dir.path(), small_options()).expect_err("must refuse");
     assert!(matches!(err, Error::SegmentSequence { .. }), "{err:?}");
@@ -254,11 +255,7 @@ fn leftover_temporary_files_are_removed() {
 #[test]
 fn a_seal_that_does_not_match_its_segment_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_small(dir.path());
-    for i in 0..600 {
-        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
-    }
-    store.close().expect("close");
+    several_segments(dir.path(), 900);
     let report = scan(dir.path());
     let first = &report.segments[0];
     // A valid seal for a shorter segment: the end position disagrees.
@@ -280,11 +277,7 @@ fn a_seal_that_does_not_match_its_segment_is_refused() {
 #[test]
 fn overlapping_segments_are_refused_as_incompatible() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open_small(dir.path());
-    for i in 0..600 {
-        store.put(format!("k{i}"), vec![b'x'; 200]).expect("put");
-    }
-    store.close().expect("close");
+    several_segments(dir.path(), 900);
     let report = scan(dir.path());
     let second = &report.segments[1];
     // Segment 1 claims to start 8 bytes before segment 0 ends.
