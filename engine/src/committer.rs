@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -28,30 +29,50 @@ use crate::store::{lock, write, Loc, Shared};
 /// The committer stops draining the queue into one group past this many bytes.
 pub(crate) const GROUP_BYTES_MAX: usize = 4 << 20;
 
-/// How long a thread busy-polls a channel before it sleeps on it. Waking a
-/// sleeping thread costs tens of microseconds on an idle VM core; a short
-/// poll hides that for back-to-back requests and fast (buffered) commits.
-const SPIN: Duration = Duration::from_micros(30);
+/// How long the committer busy-polls for the next request before it sleeps.
+/// Waking a sleeping thread costs tens of microseconds on an idle VM core; a
+/// short poll hides that for back-to-back requests.
+const COMMITTER_POLL: Duration = Duration::from_micros(1000);
+/// How long a writer polls for an answer that needs no fsync.
+const BUFFERED_REPLY_POLL: Duration = Duration::from_micros(50);
+/// How long a lone durable writer polls for its answer: about the longest
+/// fdatasync worth waiting for awake. Polling keeps its core from going idle,
+/// which saves the wake-up on every commit; with several writers waiting it
+/// would only take CPU from the committer, so they sleep at once.
+const LONE_WRITER_REPLY_POLL: Duration = Duration::from_millis(2);
 
-/// The next message, polling for [`SPIN`] before blocking; `None` once
-/// every sender is gone.
-fn wait_briefly_then_block<T>(rx: &Receiver<T>) -> Option<T> {
+/// The next message, polling for `poll` before blocking; `None` once every
+/// sender is gone.
+fn poll_then_block<T>(rx: &Receiver<T>, poll: Duration) -> Option<T> {
     let start = Instant::now();
     loop {
         match rx.try_recv() {
             Ok(msg) => return Some(msg),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if start.elapsed() < SPIN => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) if start.elapsed() < poll => std::thread::yield_now(),
             Err(TryRecvError::Empty) => return rx.recv().ok(),
         }
     }
 }
 
-/// Waits for the committer's answer to one request. Only a request that
-/// needs no fsync is answered fast enough to be worth polling for; polling
-/// through an fsync would take the CPU the committer needs.
-pub(crate) fn wait(done: &Receiver<Result<()>>, fast: bool) -> Result<()> {
-    let answer = if fast { wait_briefly_then_block(done) } else { done.recv().ok() };
+/// How a writer waits for the committer's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The answer comes without an fsync.
+    Buffered,
+    /// The only writer waiting, for an fsync.
+    LoneDurable,
+    /// One of several writers waiting for an fsync.
+    SharedDurable,
+}
+
+/// Waits for the committer's answer to one request.
+pub(crate) fn wait(done: &Receiver<Result<()>>, how: Wait) -> Result<()> {
+    let answer = match how {
+        Wait::Buffered => poll_then_block(done, BUFFERED_REPLY_POLL),
+        Wait::LoneDurable => poll_then_block(done, LONE_WRITER_REPLY_POLL),
+        Wait::SharedDurable => done.recv().ok(),
+    };
     answer.unwrap_or(Err(Error::Closed))
 }
 
@@ -108,12 +129,42 @@ pub(crate) struct ActiveSegment {
     pub digester: SegmentDigester,
 }
 
+/// The segment after the active one, zeroed ahead of need.
+enum Spare {
+    Ready(Result<Arc<dyn StorageFile>>),
+    Preparing(JoinHandle<Result<Arc<dyn StorageFile>>>),
+}
+
+impl Spare {
+    /// Starts preparing segment `number` on a background thread.
+    fn prepare(shared: &Shared, number: u64, segment_size: u64) -> Spare {
+        let (storage, dir) = (shared.storage.clone(), shared.dir.clone());
+        let work = move || files::prepare_segment(&*storage, &dir, number, segment_size);
+        match std::thread::Builder::new().name("lockstep-prepare".into()).spawn(work) {
+            Ok(handle) => Spare::Preparing(handle),
+            // No thread to spare: prepare it here and now instead.
+            Err(_) => Spare::Ready(files::prepare_segment(&*shared.storage, &shared.dir, number, segment_size)),
+        }
+    }
+
+    /// The prepared file, waiting for the preparation if it is still running.
+    fn take(self) -> Result<Arc<dyn StorageFile>> {
+        match self {
+            Spare::Ready(file) => file,
+            Spare::Preparing(handle) => {
+                handle.join().unwrap_or_else(|_| Err(Error::Poisoned { reason: "preparing a segment panicked".into() }))
+            }
+        }
+    }
+}
+
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     rx: Receiver<Cmd>,
     superblock: Superblock,
     active: ActiveSegment,
     file: Arc<dyn StorageFile>,
+    spare: Option<Spare>,
     position: u64,
     fingerprint: Fingerprint,
     durable_end: u64,
@@ -127,6 +178,7 @@ impl Committer {
         rx: Receiver<Cmd>,
         superblock: Superblock,
         active: ActiveSegment,
+        spare: Option<Arc<dyn StorageFile>>,
         position: u64,
         fingerprint: Fingerprint,
     ) -> Result<Committer> {
@@ -135,13 +187,14 @@ impl Committer {
             .cloned()
             .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
         debug_assert!(position >= active.first_position);
-        Ok(Committer { shared, rx, superblock, active, file, position, fingerprint, durable_end: position })
+        let spare = spare.map(|file| Spare::Ready(Ok(file)));
+        Ok(Committer { shared, rx, superblock, active, file, spare, position, fingerprint, durable_end: position })
     }
 
     /// Serves requests until every [`crate::Store`] handle is gone, then
     /// makes everything durable and records the commit position.
     pub(crate) fn run(mut self) -> Result<()> {
-        while let Some(first) = wait_briefly_then_block(&self.rx) {
+        while let Some(first) = poll_then_block(&self.rx, COMMITTER_POLL) {
             let mut bytes = first.len();
             let mut group = vec![first];
             while bytes < GROUP_BYTES_MAX {
@@ -226,6 +279,7 @@ impl Committer {
         if builder.record_count() > 0 {
             self.write_block(builder, &mut staged, &mut updates)?;
         }
+        self.prepare_spare_when_half_full();
         if sync && self.durable_end < self.position {
             self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
             self.durable_end = self.position;
@@ -258,6 +312,16 @@ impl Committer {
         Ok(())
     }
 
+    /// Starts zeroing the next segment once the active one is half full:
+    /// early enough to be ready long before it is needed, late enough not to
+    /// compete with commits for the disk right after opening.
+    fn prepare_spare_when_half_full(&mut self) {
+        let data_len = segment_data_len(self.superblock.segment_size);
+        if self.spare.is_none() && self.position - self.active.first_position >= data_len / 2 {
+            self.spare = Some(Spare::prepare(&self.shared, self.active.number + 1, self.superblock.segment_size));
+        }
+    }
+
     /// Seals the active segment and starts the next one.
     fn roll(&mut self) -> Result<()> {
         let sb = &self.superblock;
@@ -281,7 +345,11 @@ impl Committer {
             fingerprint: self.fingerprint,
             epoch: sb.epoch,
         };
-        let file = files::create_segment(&*self.shared.storage, &self.shared.dir, &start)?;
+        let file = match self.spare.take() {
+            Some(spare) => spare.take()?,
+            None => files::prepare_segment(&*self.shared.storage, &self.shared.dir, start.number, sb.segment_size)?,
+        };
+        files::activate_segment(&*file, &start)?;
         write(&self.shared.segments).insert(start.number, file.clone());
         self.file = file;
         self.active = ActiveSegment {
@@ -294,6 +362,10 @@ impl Committer {
 
     /// On shutdown: sync, then record the commit position in the superblock.
     fn finish(mut self) -> Result<()> {
+        // No thread of this store may touch the directory after it is unlocked.
+        if let Some(Err(e)) = self.spare.take().map(Spare::take) {
+            tracing::warn!("preparing the next segment failed: {e}");
+        }
         if let Some(reason) = lock(&self.shared.poisoned).clone() {
             return Err(Error::Poisoned { reason });
         }

@@ -91,6 +91,8 @@ pub enum Corruption {
     ValidBlockAfter { later_position: u64 },
     #[error("a record read back does not hold the key the index points to")]
     WrongRecord,
+    #[error("the segment has no header but holds data")]
+    MissingHeader,
     #[error("the store holds no segment although its commit position is {commit_position}")]
     NoSegments { commit_position: u64 },
 }

@@ -19,14 +19,19 @@ fn io_at(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     Error::io(format!("{what} {}", path.display()))
 }
 
-/// Writes `contents` to `path` so that the file appears whole or not at all:
-/// a temporary file, synced, renamed into place, directory synced.
+/// Bytes of zeros written per call when a segment is pre-zeroed.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Writes a file so that it appears whole or not at all: a temporary file of
+/// `len` bytes, `contents` written at their offsets and (with `zero_fill`)
+/// every other byte written as zero, synced, renamed into place, directory synced.
 fn create_atomically(
     storage: &dyn Storage,
     dir: &Path,
     name: &str,
     len: u64,
     contents: &[(u64, &[u8])],
+    zero_fill: bool,
 ) -> Result<Arc<dyn StorageFile>> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
@@ -35,6 +40,17 @@ fn create_atomically(
     }
     let file = storage.open(&tmp, OpenMode::CreateNew).map_err(io_at("creating", &tmp))?;
     file.set_len(len).map_err(io_at("sizing", &tmp))?;
+    if zero_fill {
+        // Real zeros, not a sparse file: a later commit into this file then
+        // needs no block allocation, so its fdatasync needs no journal commit.
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut at = 0;
+        while at < len {
+            let n = ZERO_CHUNK.min((len - at) as usize);
+            file.write_all_at(&zeros[..n], at).map_err(io_at("zeroing", &tmp))?;
+            at += n as u64;
+        }
+    }
     for (offset, bytes) in contents {
         file.write_all_at(bytes, *offset).map_err(io_at("writing", &tmp))?;
     }
@@ -66,7 +82,7 @@ pub(crate) fn create_superblock(storage: &dyn Storage, dir: &Path, sb: &Superblo
     let (copy, _) = sb.encode();
     let copies: Vec<(u64, &[u8])> =
         (0..format::SUPERBLOCK_COPIES).map(|i| ((i * SUPERBLOCK_COPY_LEN) as u64, &copy[..])).collect();
-    create_atomically(storage, dir, SUPERBLOCK_FILE, format::SUPERBLOCK_FILE_LEN as u64, &copies)?;
+    create_atomically(storage, dir, SUPERBLOCK_FILE, format::SUPERBLOCK_FILE_LEN as u64, &copies, false)?;
     Ok(())
 }
 
@@ -97,8 +113,23 @@ pub(crate) struct SegmentStart {
     pub epoch: u64,
 }
 
-/// Creates segment file `start.number`, full length, header written and durable.
-pub(crate) fn create_segment(storage: &dyn Storage, dir: &Path, start: &SegmentStart) -> Result<Arc<dyn StorageFile>> {
+/// Creates segment file `number`: full length, every byte written as zero
+/// and durable, its directory entry durable. It holds no header yet, so it is
+/// a *spare*: [`activate_segment`] turns it into the next segment at the
+/// moment the log reaches it. Called ahead of need, off the commit path.
+pub(crate) fn prepare_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    number: u64,
+    segment_size: u64,
+) -> Result<Arc<dyn StorageFile>> {
+    create_atomically(storage, dir, &format::segment_file_name(number), segment_size, &[], true)
+}
+
+/// Writes the header of a prepared spare and makes it durable before any
+/// block goes into the segment: one small write and one fdatasync, no
+/// directory sync.
+pub(crate) fn activate_segment(file: &dyn StorageFile, start: &SegmentStart) -> Result<()> {
     let header = SegmentHeader {
         format_version: FORMAT_VERSION,
         checksum_algorithm: CHECKSUM_ALGORITHM,
@@ -109,8 +140,9 @@ pub(crate) fn create_segment(storage: &dyn Storage, dir: &Path, start: &SegmentS
         start_fingerprint: start.fingerprint,
         epoch: start.epoch,
     };
-    let name = format::segment_file_name(start.number);
-    create_atomically(storage, dir, &name, start.segment_size, &[(0, &header.encode())])
+    file.write_all_at(&header.encode(), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(Error::io(format!("writing the header of segment {}", start.number)))
 }
 
 pub(crate) fn segment_path(dir: &Path, number: u64) -> PathBuf {

@@ -78,6 +78,9 @@ pub struct ScanReport {
     pub torn_tail: Option<TornTail>,
     /// The hash state of the last segment's data area, for its later seal.
     pub last_digester: Option<SegmentDigester>,
+    /// A prepared segment after the last one: full length, all zeros, no
+    /// header yet (see docs/FORMAT.md, "Segments").
+    pub spare: Option<u64>,
 }
 
 /// Reads the superblock of the store in `dir` and checks that this build may
@@ -145,7 +148,11 @@ pub fn scan(
     visit: &mut dyn FnMut(RecordVisit<'_>),
 ) -> Result<ScanReport> {
     let sb = read_superblock(storage, dir, read_only)?;
-    let numbers = list_segments(storage, dir, &sb)?;
+    let mut numbers = list_segments(storage, dir, &sb)?;
+    let spare = match numbers.last() {
+        Some(&last) if is_spare(storage, dir, last, sb.segment_size)? => numbers.pop(),
+        _ => None,
+    };
     let mut report = ScanReport {
         fingerprint: genesis_fingerprint(&sb.store_id),
         commit_position: sb.commit_position,
@@ -154,6 +161,7 @@ pub fn scan(
         log_end: 0,
         torn_tail: None,
         last_digester: None,
+        spare,
     };
     if numbers.is_empty() && report.commit_position > 0 {
         let commit_position = report.commit_position;
@@ -165,6 +173,27 @@ pub fn scan(
         scan_segment(storage, dir, number, last, &mut buf, &mut report, visit)?;
     }
     Ok(report)
+}
+
+/// Whether segment file `number` is a prepared spare: full length and every
+/// byte zero. A file without a header that holds anything else is damage.
+fn is_spare(storage: &dyn Storage, dir: &Path, number: u64, size: u64) -> Result<bool> {
+    let path = dir.join(format::segment_file_name(number));
+    let file = storage.open(&path, OpenMode::Read).map_err(Error::io(format!("opening {}", path.display())))?;
+    if file.len().map_err(Error::io(format!("reading {}", path.display())))? != size {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; SEGMENT_HEADER_REGION as usize];
+    file.read_exact_at(&mut buf, 0).map_err(Error::io(format!("reading {}", path.display())))?;
+    if buf.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    buf.resize(size as usize, 0);
+    file.read_exact_at(&mut buf, 0).map_err(Error::io(format!("reading {}", path.display())))?;
+    match buf.iter().position(|&b| b != 0) {
+        None => Ok(true),
+        Some(offset) => Err(Error::corruption(&path, offset as u64, Corruption::MissingHeader)),
+    }
 }
 
 /// Where a segment's block walk stopped.

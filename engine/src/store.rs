@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::committer::{ActiveSegment, Cmd, Committer, Entry, WriteRequest};
+use crate::committer::{self, ActiveSegment, Cmd, Committer, Entry, Wait, WriteRequest};
 use crate::error::{Corruption, Error, Result};
 use crate::files::{self, SegmentStart};
 use crate::format::{
@@ -138,6 +139,28 @@ pub(crate) struct Shared {
     pub segments: RwLock<BTreeMap<u64, Arc<dyn StorageFile>>>,
     pub status: Mutex<LogStatus>,
     pub poisoned: Mutex<Option<String>>,
+    /// Writers waiting for the committer's answer right now.
+    pub waiting_writers: AtomicUsize,
+}
+
+/// Counts a writer as waiting for as long as it lives.
+struct WaitingWriter<'a> {
+    shared: &'a Shared,
+    /// No other writer was waiting when this one started.
+    alone: bool,
+}
+
+impl<'a> WaitingWriter<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let before = shared.waiting_writers.fetch_add(1, Ordering::SeqCst);
+        WaitingWriter { shared, alone: before == 0 }
+    }
+}
+
+impl Drop for WaitingWriter<'_> {
+    fn drop(&mut self) {
+        self.shared.waiting_writers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A lockstep store on one machine. `Send + Sync`: share it as `Arc<Store>`.
@@ -287,12 +310,24 @@ impl Store {
             let file = storage.open(&seg.path, mode).map_err(Error::io(format!("opening {}", seg.path.display())))?;
             segments.insert(seg.number, file);
         }
+        let mut spare = match report.spare {
+            Some(n) => {
+                let path = files::segment_path(&dir, n);
+                Some(
+                    storage
+                        .open(&path, OpenMode::ReadWrite)
+                        .map_err(Error::io(format!("opening {}", path.display())))?,
+                )
+            }
+            None => None,
+        };
         let active = match report.segments.last().filter(|s| !s.sealed) {
             Some(seg) => {
                 let digester = report.last_digester.take().unwrap_or_default();
                 ActiveSegment { number: seg.number, first_position: seg.header.first_position, digester }
             }
             None => {
+                // A new store, or a crash right after sealing the last segment.
                 let start = SegmentStart {
                     store_id: sb.store_id,
                     segment_size: sb.segment_size,
@@ -301,7 +336,13 @@ impl Store {
                     fingerprint: report.fingerprint,
                     epoch: sb.epoch,
                 };
-                segments.insert(start.number, files::create_segment(&*storage, &dir, &start)?);
+                debug_assert!(report.spare.is_none_or(|n| n == start.number));
+                let file = match spare.take() {
+                    Some(file) => file,
+                    None => files::prepare_segment(&*storage, &dir, start.number, sb.segment_size)?,
+                };
+                files::activate_segment(&*file, &start)?;
+                segments.insert(start.number, file);
                 ActiveSegment {
                     number: start.number,
                     first_position: start.first_position,
@@ -328,9 +369,10 @@ impl Store {
             segments: RwLock::new(segments),
             status: Mutex::new(status),
             poisoned: Mutex::new(None),
+            waiting_writers: AtomicUsize::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
-        let committer = Committer::new(shared.clone(), rx, sb, active, report.log_end, report.fingerprint)?;
+        let committer = Committer::new(shared.clone(), rx, sb, active, spare, report.log_end, report.fingerprint)?;
         let handle = std::thread::Builder::new()
             .name("lockstep-committer".into())
             .spawn(move || committer.run())
@@ -415,8 +457,14 @@ impl Store {
         let (reply, done) = crossbeam_channel::bounded(1);
         let sync = self.durability == Durability::Sync;
         let request = WriteRequest { records, count: ops.len() as u32, entries, sync, reply };
+        let waiting = WaitingWriter::enter(&self.shared);
+        let how = match (sync, waiting.alone) {
+            (false, _) => Wait::Buffered,
+            (true, true) => Wait::LoneDurable,
+            (true, false) => Wait::SharedDurable,
+        };
         self.send(Cmd::Write(request))?;
-        crate::committer::wait(&done, !sync)
+        committer::wait(&done, how)
     }
 
     fn send(&self, cmd: Cmd) -> Result<()> {
@@ -436,7 +484,7 @@ impl Store {
         self.check_poisoned()?;
         let (reply, done) = crossbeam_channel::bounded(1);
         self.send(Cmd::Sync(reply))?;
-        crate::committer::wait(&done, false)
+        committer::wait(&done, Wait::SharedDurable)
     }
 
     /// The value stored under `key`, verified against its checksum.

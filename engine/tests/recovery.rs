@@ -287,3 +287,32 @@ fn overlapping_segments_are_refused_as_incompatible() {
     assert!(matches!(err, Error::SegmentSequence { .. }), "{err:?}");
     assert_eq!(err.exit_code(), 78);
 }
+
+#[test]
+fn the_next_segment_is_prepared_ahead_as_a_zeroed_spare() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    three_blocks(dir.path());
+    let report = scan(dir.path());
+    assert_eq!((report.segments.len(), report.spare), (1, Some(1)));
+    let spare = dir.path().join(format::segment_file_name(1));
+    assert_eq!(std::fs::read(&spare).expect("read spare"), vec![0u8; SMALL_SEGMENT as usize]);
+    // Writing past the first segment turns the spare into segment 1 and
+    // prepares segment 2.
+    several_segments(dir.path(), 900);
+    let report = scan(dir.path());
+    assert!(report.segments.len() >= 3);
+    assert_eq!(report.spare, Some(report.segments.len() as u64));
+}
+
+#[test]
+fn a_segment_without_header_but_with_data_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    three_blocks(dir.path());
+    let spare = dir.path().join(format::segment_file_name(1));
+    write_at(&spare, SEGMENT_HEADER_REGION + 100, b"stray");
+    let err = Store::open(dir.path(), small_options()).expect_err("must refuse");
+    assert!(
+        matches!(&err, Error::Corruption { path, offset, reason: Corruption::MissingHeader } if *path == spare && *offset == SEGMENT_HEADER_REGION + 100),
+        "{err:?}"
+    );
+}

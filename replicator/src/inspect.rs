@@ -92,6 +92,7 @@ impl Inspection {
             "blocks": self.blocks,
             "records": self.records,
             "segments": segments,
+            "spare_segment": r.spare,
             "torn_tail": torn_tail,
         })
     }
