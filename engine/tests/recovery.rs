@@ -289,19 +289,34 @@ fn overlapping_segments_are_refused_as_incompatible() {
 }
 
 #[test]
-fn the_next_segment_is_prepared_ahead_as_a_zeroed_spare() {
+fn the_next_segment_is_prepared_as_a_zeroed_spare_once_half_full() {
     let dir = tempfile::tempdir().expect("tempdir");
-    three_blocks(dir.path());
+    let half = format::segment_data_len(SMALL_SEGMENT) / 2;
+    let store = open_small(dir.path());
+    let mut i = 0;
+    while store.info().log_end + 1000 < half {
+        store.put(format!("k{i}"), [b'v'; 800]).expect("put");
+        i += 1;
+    }
+    store.close().expect("close");
+    assert_eq!(scan(dir.path()).spare, None, "no spare before the segment is half full");
+
+    let store = open_small(dir.path());
+    store.put("crossing", [b'v'; 2000]).expect("put");
+    store.close().expect("close");
     let report = scan(dir.path());
     assert_eq!((report.segments.len(), report.spare), (1, Some(1)));
     let spare = dir.path().join(format::segment_file_name(1));
     assert_eq!(std::fs::read(&spare).expect("read spare"), vec![0u8; SMALL_SEGMENT as usize]);
-    // Writing past the first segment turns the spare into segment 1 and
-    // prepares segment 2.
-    several_segments(dir.path(), 900);
+    // The next roll activates the spare as segment 1.
+    let store = open_small(dir.path());
+    while store.info().segments < 2 {
+        store.put("more", [b'v'; 2000]).expect("put");
+    }
+    store.close().expect("close");
     let report = scan(dir.path());
-    assert!(report.segments.len() >= 3);
-    assert_eq!(report.spare, Some(report.segments.len() as u64));
+    assert_eq!(report.segments.len(), 2);
+    assert!(report.segments[0].sealed);
 }
 
 #[test]
@@ -309,7 +324,9 @@ fn a_segment_without_header_but_with_data_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     three_blocks(dir.path());
     let spare = dir.path().join(format::segment_file_name(1));
-    write_at(&spare, SEGMENT_HEADER_REGION + 100, b"stray");
+    let mut bytes = vec![0u8; SMALL_SEGMENT as usize];
+    bytes[SEGMENT_HEADER_REGION as usize + 100] = 1;
+    std::fs::write(&spare, bytes).expect("write");
     let err = Store::open(dir.path(), small_options()).expect_err("must refuse");
     assert!(
         matches!(&err, Error::Corruption { path, offset, reason: Corruption::MissingHeader } if *path == spare && *offset == SEGMENT_HEADER_REGION + 100),
