@@ -83,7 +83,7 @@ impl Latency {
         samples.sort_unstable();
         let at = |p: f64| {
             let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples[rank - 1].as_secs_f64() * 1e6
+            samples[rank - 1].as_nanos() as f64 / 1e3
         };
         Latency { p50_us: at(0.50), p99_us: at(0.99), p999_us: at(0.999) }
     }

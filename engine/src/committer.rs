@@ -9,7 +9,7 @@
 //! * A segment is rolled only between blocks: seal (synced), then the next
 //!   segment is created whole before any block goes into it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use std::thread::JoinHandle;
@@ -33,8 +33,6 @@ pub(crate) const GROUP_BYTES_MAX: usize = 4 << 20;
 /// Waking a sleeping thread costs tens of microseconds on an idle VM core; a
 /// short poll hides that for back-to-back requests.
 const COMMITTER_POLL: Duration = Duration::from_micros(1000);
-/// How long a writer polls for an answer that needs no fsync.
-const BUFFERED_REPLY_POLL: Duration = Duration::from_micros(50);
 /// How long a lone durable writer polls for its answer: about the longest
 /// fdatasync worth waiting for awake. Polling keeps its core from going idle,
 /// which saves the wake-up on every commit; with several writers waiting it
@@ -58,8 +56,6 @@ fn poll_then_block<T>(rx: &Receiver<T>, poll: Duration) -> Option<T> {
 /// How a writer waits for the committer's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
-    /// The answer comes without an fsync.
-    Buffered,
     /// The only writer waiting, for an fsync.
     LoneDurable,
     /// One of several writers waiting for an fsync.
@@ -69,7 +65,6 @@ pub(crate) enum Wait {
 /// Waits for the committer's answer to one request.
 pub(crate) fn wait(done: &Receiver<Result<()>>, how: Wait) -> Result<()> {
     let answer = match how {
-        Wait::Buffered => poll_then_block(done, BUFFERED_REPLY_POLL),
         Wait::LoneDurable => poll_then_block(done, LONE_WRITER_REPLY_POLL),
         Wait::SharedDurable => done.recv().ok(),
     };
@@ -92,13 +87,14 @@ pub(crate) struct WriteRequest {
     pub records: Vec<u8>,
     pub count: u32,
     pub entries: Vec<Entry>,
-    pub sync: bool,
-    pub reply: Sender<Result<()>>,
 }
 
+/// What the committer thread is asked to do; every command is answered
+/// once what it asked for is durable.
 #[derive(Debug)]
 pub(crate) enum Cmd {
-    Write(WriteRequest),
+    /// Append these records durably.
+    Write(WriteRequest, Sender<Result<()>>),
     /// Make everything written so far durable.
     Sync(Sender<Result<()>>),
 }
@@ -106,16 +102,13 @@ pub(crate) enum Cmd {
 impl Cmd {
     fn len(&self) -> usize {
         match self {
-            Cmd::Write(w) => w.records.len(),
+            Cmd::Write(w, _) => w.records.len(),
             Cmd::Sync(_) => 0,
         }
     }
 
     fn reply(self, result: Result<()>) {
-        let reply = match self {
-            Cmd::Write(w) => w.reply,
-            Cmd::Sync(reply) => reply,
-        };
+        let (Cmd::Write(_, reply) | Cmd::Sync(reply)) = self;
         // A writer that gave up waiting is not an error of the committer.
         let _ = reply.send(result);
     }
@@ -158,9 +151,12 @@ impl Spare {
     }
 }
 
-pub(crate) struct Committer {
+/// The end of the log and everything needed to append to it. Appends of a
+/// `Durability::Buffered` store run on the writer's own thread; those of a
+/// `Durability::Sync` store run on the committer thread. Either way the
+/// mutex around it serialises them, so log order is index order.
+pub(crate) struct LogWriter {
     shared: Arc<Shared>,
-    rx: Receiver<Cmd>,
     superblock: Superblock,
     active: ActiveSegment,
     file: Arc<dyn StorageFile>,
@@ -172,28 +168,30 @@ pub(crate) struct Committer {
 
 type IndexUpdate = (Bytes, Option<Loc>);
 
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("segment", &self.active.number)
+            .field("position", &self.position)
+            .field("durable_end", &self.durable_end)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The committer thread: drains the queue into groups that share one fsync.
+pub(crate) struct Committer {
+    rx: Receiver<Cmd>,
+    writer: Arc<Mutex<LogWriter>>,
+}
+
 impl Committer {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        rx: Receiver<Cmd>,
-        superblock: Superblock,
-        active: ActiveSegment,
-        spare: Option<Arc<dyn StorageFile>>,
-        position: u64,
-        fingerprint: Fingerprint,
-    ) -> Result<Committer> {
-        let file = crate::store::read_segments(&shared)
-            .get(&active.number)
-            .cloned()
-            .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
-        debug_assert!(position >= active.first_position);
-        let spare = spare.map(|file| Spare::Ready(Ok(file)));
-        Ok(Committer { shared, rx, superblock, active, file, spare, position, fingerprint, durable_end: position })
+    pub(crate) fn new(rx: Receiver<Cmd>, writer: Arc<Mutex<LogWriter>>) -> Self {
+        Committer { rx, writer }
     }
 
     /// Serves requests until every [`crate::Store`] handle is gone, then
     /// makes everything durable and records the commit position.
-    pub(crate) fn run(mut self) -> Result<()> {
+    pub(crate) fn run(self) -> Result<()> {
         while let Some(first) = poll_then_block(&self.rx, COMMITTER_POLL) {
             let mut bytes = first.len();
             let mut group = vec![first];
@@ -206,43 +204,61 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            self.commit(group);
+            let requests: Vec<&WriteRequest> =
+                group.iter().filter_map(|cmd| if let Cmd::Write(w, _) = cmd { Some(w) } else { None }).collect();
+            let result = lock(&self.writer).commit(&requests, true);
+            for cmd in group {
+                cmd.reply(result.clone().map_err(|reason| Error::Poisoned { reason }));
+            }
         }
-        self.finish()
+        lock(&self.writer).finish()
+    }
+}
+
+impl LogWriter {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        superblock: Superblock,
+        active: ActiveSegment,
+        spare: Option<Arc<dyn StorageFile>>,
+        position: u64,
+        fingerprint: Fingerprint,
+    ) -> Result<LogWriter> {
+        let file = crate::store::read_segments(&shared)
+            .get(&active.number)
+            .cloned()
+            .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
+        debug_assert!(position >= active.first_position);
+        let spare = spare.map(|file| Spare::Ready(Ok(file)));
+        Ok(LogWriter { shared, superblock, active, file, spare, position, fingerprint, durable_end: position })
     }
 
-    fn commit(&mut self, group: Vec<Cmd>) {
-        let poisoned = lock(&self.shared.poisoned).clone();
-        let result = match poisoned {
-            Some(reason) => Err(reason),
-            None => self.append(&group).map_err(|e| {
-                let reason = e.to_string();
-                tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
-                *lock(&self.shared.poisoned) = Some(reason.clone());
-                reason
-            }),
-        };
-        match result {
-            Ok(updates) => {
-                let mut index = write(&self.shared.index);
-                for (key, loc) in updates {
-                    match loc {
-                        Some(loc) => index.insert(key, loc),
-                        None => index.remove(&key),
-                    };
-                }
-                drop(index);
-                let mut status = lock(&self.shared.status);
-                status.log_end = self.position;
-                status.durable_end = self.durable_end;
-                status.fingerprint = self.fingerprint;
-                drop(status);
-                group.into_iter().for_each(|cmd| cmd.reply(Ok(())));
-            }
-            Err(reason) => {
-                group.into_iter().for_each(|cmd| cmd.reply(Err(Error::Poisoned { reason: reason.clone() })));
-            }
+    /// Appends `requests` (in order, atomically each), makes them durable if
+    /// `sync`, then publishes them to the index. An error poisons the store:
+    /// the reason is returned now and to every later call.
+    pub(crate) fn commit(&mut self, requests: &[&WriteRequest], sync: bool) -> Result<(), String> {
+        if let Some(reason) = lock(&self.shared.poisoned).clone() {
+            return Err(reason);
         }
+        let updates = self.append(requests, sync).map_err(|e| {
+            let reason = e.to_string();
+            tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
+            *lock(&self.shared.poisoned) = Some(reason.clone());
+            reason
+        })?;
+        let mut index = write(&self.shared.index);
+        for (key, loc) in updates {
+            match loc {
+                Some(loc) => index.insert(key, loc),
+                None => index.remove(&key),
+            };
+        }
+        drop(index);
+        let mut status = lock(&self.shared.status);
+        status.log_end = self.position;
+        status.durable_end = self.durable_end;
+        status.fingerprint = self.fingerprint;
+        Ok(())
     }
 
     /// Free bytes left in the active segment's data area.
@@ -251,24 +267,15 @@ impl Committer {
         (segment_data_len(self.superblock.segment_size) - used) as usize
     }
 
-    /// Writes the group as few blocks as fit, syncing once if any request asks.
-    fn append(&mut self, group: &[Cmd]) -> Result<Vec<IndexUpdate>> {
+    /// Writes the requests as few blocks as fit, then syncs once if asked.
+    fn append(&mut self, requests: &[&WriteRequest], sync: bool) -> Result<Vec<IndexUpdate>> {
         let mut updates = Vec::new();
         let mut builder = BlockBuilder::new();
         let mut staged: Vec<(&WriteRequest, u64)> = Vec::new();
-        let mut sync = false;
-        for cmd in group {
-            let req = match cmd {
-                Cmd::Sync(_) => {
-                    sync = true;
-                    continue;
-                }
-                Cmd::Write(req) => req,
-            };
-            sync |= req.sync;
+        for &req in requests {
             let room = BLOCK_LEN_MAX.min(self.segment_room());
             if builder.record_count() > 0 && finished_block_len(builder.records_len() + req.records.len()) > room {
-                self.write_block(std::mem::take(&mut builder), &mut staged, &mut updates)?;
+                self.write_block(std::mem::take(&mut builder), &mut staged, &mut updates, false)?;
             }
             if builder.record_count() == 0 && finished_block_len(req.records.len()) > self.segment_room() {
                 self.roll()?;
@@ -277,7 +284,8 @@ impl Committer {
             builder.push_records(&req.records, req.count);
         }
         if builder.record_count() > 0 {
-            self.write_block(builder, &mut staged, &mut updates)?;
+            // The last block of a durable group goes down with its fsync.
+            self.write_block(builder, &mut staged, &mut updates, sync)?;
         }
         self.prepare_spare_when_half_full();
         if sync && self.durable_end < self.position {
@@ -292,6 +300,7 @@ impl Committer {
         builder: BlockBuilder,
         staged: &mut Vec<(&WriteRequest, u64)>,
         updates: &mut Vec<IndexUpdate>,
+        sync: bool,
     ) -> Result<()> {
         let segment = self.active.number;
         let seed = block_seed(&self.superblock.store_id, segment, self.position);
@@ -299,7 +308,11 @@ impl Committer {
             builder.finish(self.position, self.superblock.epoch, self.durable_end, seed, self.fingerprint);
         debug_assert!(block.len() <= self.segment_room());
         let file_offset = SEGMENT_HEADER_REGION + (self.position - self.active.first_position);
-        self.file.write_all_at(&block, file_offset).map_err(Error::io("writing a commit block"))?;
+        if sync {
+            self.file.write_and_sync(&block, file_offset).map_err(Error::io("writing and syncing a commit block"))?;
+        } else {
+            self.file.write_all_at(&block, file_offset).map_err(Error::io("writing a commit block"))?;
+        }
         self.active.digester.update(&block);
         for (req, base) in staged.drain(..) {
             for e in &req.entries {
@@ -309,6 +322,9 @@ impl Committer {
         }
         self.position += block.len() as u64;
         self.fingerprint = fingerprint;
+        if sync {
+            self.durable_end = self.position;
+        }
         Ok(())
     }
 
@@ -361,7 +377,7 @@ impl Committer {
     }
 
     /// On shutdown: sync, then record the commit position in the superblock.
-    fn finish(mut self) -> Result<()> {
+    fn finish(&mut self) -> Result<()> {
         // No thread of this store may touch the directory after it is unlocked.
         if let Some(Err(e)) = self.spare.take().map(Spare::take) {
             tracing::warn!("preparing the next segment failed: {e}");

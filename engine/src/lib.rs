@@ -16,7 +16,7 @@
 //! store.close()?;
 //! # Ok(()) }
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod committer;
 pub mod error;
@@ -25,6 +25,8 @@ pub mod format;
 pub mod recovery;
 pub mod storage;
 mod store;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 pub use error::{Corruption, Error, Result};
 pub use format::{Fingerprint, NodeId, StoreId, FORMAT_VERSION};

@@ -40,6 +40,12 @@ pub trait StorageFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Writes `buf` at `off` and makes the file's data durable. A backend
+    /// that can submit both at once (io_uring) overrides this.
+    fn write_and_sync(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.write_all_at(buf, off)?;
+        self.sync_data()
+    }
 }
 
 /// A directory tree of files.
@@ -56,6 +62,23 @@ pub trait Storage: Send + Sync + Debug {
     /// Takes an exclusive lock on `path` for this process, recording `owner`
     /// in it, or reports who holds it.
     fn try_lock(&self, path: &Path, owner: &str) -> io::Result<LockOutcome>;
+    /// The name of the I/O path commits take, for `inspect` and benchmarks.
+    fn io_backend(&self) -> &'static str {
+        "std"
+    }
+}
+
+/// The storage a store uses unless told otherwise: io_uring where the kernel
+/// allows it (probed by creating a ring), else `std`. `LOCKSTEP_IO=std`
+/// forces the portable path.
+pub fn default_storage() -> Arc<dyn Storage> {
+    #[cfg(target_os = "linux")]
+    if std::env::var("LOCKSTEP_IO").map_or(true, |v| v != "std") {
+        if let Ok(uring) = crate::uring::UringStorage::probe() {
+            return Arc::new(uring);
+        }
+    }
+    Arc::new(StdStorage)
 }
 
 /// The real file system, through `std::fs` (pread/pwrite/fdatasync).
@@ -63,7 +86,19 @@ pub trait Storage: Send + Sync + Debug {
 pub struct StdStorage;
 
 #[derive(Debug)]
-struct StdFile(File);
+pub(crate) struct StdFile(pub(crate) File);
+
+impl StdFile {
+    pub(crate) fn open(path: &Path, mode: OpenMode) -> io::Result<StdFile> {
+        let mut o = OpenOptions::new();
+        match mode {
+            OpenMode::Read => o.read(true),
+            OpenMode::ReadWrite => o.read(true).write(true),
+            OpenMode::CreateNew => o.read(true).write(true).create_new(true),
+        };
+        Ok(StdFile(o.open(path)?))
+    }
+}
 
 impl StorageFile for StdFile {
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
@@ -85,13 +120,7 @@ impl StorageFile for StdFile {
 
 impl Storage for StdStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
-        let mut o = OpenOptions::new();
-        match mode {
-            OpenMode::Read => o.read(true),
-            OpenMode::ReadWrite => o.read(true).write(true),
-            OpenMode::CreateNew => o.read(true).write(true).create_new(true),
-        };
-        Ok(Arc::new(StdFile(o.open(path)?)))
+        Ok(Arc::new(StdFile::open(path, mode)?))
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {

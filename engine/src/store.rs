@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::committer::{self, ActiveSegment, Cmd, Committer, Entry, Wait, WriteRequest};
+use crate::committer::{self, ActiveSegment, Cmd, Committer, Entry, LogWriter, Wait, WriteRequest};
 use crate::error::{Corruption, Error, Result};
 use crate::files::{self, SegmentStart};
 use crate::format::{
@@ -28,7 +28,7 @@ use crate::format::{
     BLOCK_OVERHEAD_MAX, KEY_LEN_MAX, RECORD_KIND_DELETE, RECORD_KIND_PUT, SEAL_REGION, VALUE_LEN_MAX,
 };
 use crate::recovery::{self, ScanReport, TornTail};
-use crate::storage::{LockOutcome, OpenMode, StdStorage, Storage, StorageFile};
+use crate::storage::{LockOutcome, OpenMode, Storage, StorageFile};
 
 /// When a write returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,7 +64,7 @@ impl Default for Options {
             create_if_missing: true,
             segment_size: format::SEGMENT_SIZE_DEFAULT,
             store_id: None,
-            storage: Arc::new(StdStorage),
+            storage: crate::storage::default_storage(),
         }
     }
 }
@@ -123,6 +123,8 @@ pub struct StoreInfo {
     pub fingerprint: Fingerprint,
     pub keys: usize,
     pub segments: usize,
+    /// The I/O path commits take: "io_uring" or "std".
+    pub io_backend: &'static str,
 }
 
 /// State shared by the store handle, readers and the committer.
@@ -168,6 +170,7 @@ impl Drop for WaitingWriter<'_> {
 pub struct Store {
     shared: Arc<Shared>,
     durability: Durability,
+    writer: Arc<Mutex<LogWriter>>,
     tx: Option<Sender<Cmd>>,
     committer: Option<JoinHandle<Result<()>>>,
     // Dropped last: the lock outlives the committer.
@@ -372,12 +375,14 @@ impl Store {
             waiting_writers: AtomicUsize::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
-        let committer = Committer::new(shared.clone(), rx, sb, active, spare, report.log_end, report.fingerprint)?;
+        let writer = LogWriter::new(shared.clone(), sb, active, spare, report.log_end, report.fingerprint)?;
+        let writer = Arc::new(Mutex::new(writer));
+        let committer = Committer::new(rx, writer.clone());
         let handle = std::thread::Builder::new()
             .name("lockstep-committer".into())
             .spawn(move || committer.run())
             .map_err(Error::io("starting the committer thread"))?;
-        Ok(Store { shared, durability, tx: Some(tx), committer: Some(handle), _lock: guard })
+        Ok(Store { shared, durability, writer, tx: Some(tx), committer: Some(handle), _lock: guard })
     }
 
     /// The longest record (key + value + header) this store accepts.
@@ -454,17 +459,15 @@ impl Store {
             let len = records.len() as u32 - offset;
             entries.push(Entry { key: Bytes::copy_from_slice(key), offset, len, delete: kind == RECORD_KIND_DELETE });
         }
+        let request = WriteRequest { records, count: ops.len() as u32, entries };
+        if self.durability == Durability::Buffered {
+            // No fsync to share: append on this thread, no hand-off.
+            return lock(&self.writer).commit(&[&request], false).map_err(|reason| Error::Poisoned { reason });
+        }
         let (reply, done) = crossbeam_channel::bounded(1);
-        let sync = self.durability == Durability::Sync;
-        let request = WriteRequest { records, count: ops.len() as u32, entries, sync, reply };
         let waiting = WaitingWriter::enter(&self.shared);
-        let how = match (sync, waiting.alone) {
-            (false, _) => Wait::Buffered,
-            (true, true) => Wait::LoneDurable,
-            (true, false) => Wait::SharedDurable,
-        };
-        self.send(Cmd::Write(request))?;
-        committer::wait(&done, how)
+        self.send(Cmd::Write(request, reply))?;
+        committer::wait(&done, if waiting.alone { Wait::LoneDurable } else { Wait::SharedDurable })
     }
 
     fn send(&self, cmd: Cmd) -> Result<()> {
@@ -532,6 +535,7 @@ impl Store {
             fingerprint: status.fingerprint,
             keys: read(&self.shared.index).len(),
             segments: read(&self.shared.segments).len(),
+            io_backend: self.shared.storage.io_backend(),
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use lockstep_engine::format::{self, Superblock, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_LEN};
 use lockstep_engine::recovery::{self, ScanReport};
-use lockstep_engine::storage::{OpenMode, StdStorage, Storage};
+use lockstep_engine::storage::{default_storage, OpenMode, StdStorage, Storage};
 use lockstep_engine::{Error, Result};
 use serde_json::{json, Value};
 
@@ -94,6 +94,7 @@ impl Inspection {
             "segments": segments,
             "spare_segment": r.spare,
             "torn_tail": torn_tail,
+            "io_backend": default_storage().io_backend(),
         })
     }
 

@@ -202,6 +202,7 @@ fn run(command: Command) -> Result<u8, Failure> {
             let options =
                 Options { durability, segment_size: segment_size.unwrap_or(defaults.segment_size), ..defaults };
             let store = Arc::new(Store::open(&dir, options)?);
+            let io_backend = store.info().io_backend;
             let spec = LoadSpec { records, key_size, value_size, writers, batch, ack_log };
             let report = load::run(store.clone(), durability, &spec)
                 .map_err(|e| Failure { code: e.exit_code(), message: e.to_string() })?;
@@ -231,7 +232,7 @@ fn run(command: Command) -> Result<u8, Failure> {
                 "writers": writers,
                 "batch": batch,
                 "durability": if durability == Durability::Sync { "sync" } else { "buffered" },
-                "io_backend": "std",
+                "io_backend": io_backend,
             });
             writeln!(out, "{summary}")?;
         }
