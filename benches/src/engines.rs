@@ -5,6 +5,7 @@
 //! without it and ends with the engine's sync):
 //! * lockstep: `Store::put` with `Durability::Sync` (fdatasync by the group
 //!   committer); W3: `Durability::Buffered` then `Store::sync`.
+//! * the peers: see each adapter in `peers.rs` (`EngineKind::durability_call`).
 
 use std::path::Path;
 
@@ -44,5 +45,16 @@ impl EngineKind for Lockstep {
 
 /// Every engine this build can run, lockstep first.
 pub fn all() -> Vec<Box<dyn EngineKind>> {
-    vec![Box::new(Lockstep)]
+    #[allow(unused_mut)]
+    let mut engines: Vec<Box<dyn EngineKind>> = vec![Box::new(Lockstep)];
+    #[cfg(feature = "peers")]
+    engines.extend([
+        Box::new(crate::peers::RocksDb) as Box<dyn EngineKind>,
+        Box::new(crate::peers::Redb),
+        Box::new(crate::peers::Fjall),
+        Box::new(crate::peers::Sled),
+        Box::new(crate::peers::Sqlite),
+        Box::new(crate::peers::RaftEngine),
+    ]);
+    engines
 }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub mod device;
 pub mod engines;
+#[cfg(feature = "peers")]
+pub mod peers;
 
 pub const KEY_LEN: usize = 16;
 pub const VALUE_LEN: usize = 100;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::error::{Error, Result};
 use crate::files::{self, SegmentStart};
@@ -28,6 +28,31 @@ use crate::store::{lock, write, Loc, Shared};
 
 /// The committer stops draining the queue into one group past this many bytes.
 pub(crate) const GROUP_BYTES_MAX: usize = 4 << 20;
+/// Buffered writes collect in one open block in memory; it is written out
+/// once it holds this many bytes of records ...
+pub(crate) const BUFFERED_BLOCK_BYTES_MAX: usize = 256 << 10;
+/// ... or when it is this old, whichever comes first (and at every sync).
+pub(crate) const BUFFERED_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The block buffered writes are collecting into: not written to its
+/// segment yet. Readers find its records here (see `Shared::read_value`).
+#[derive(Debug)]
+pub(crate) struct OpenBlock {
+    pub segment: u64,
+    /// File offset where the block will be written.
+    pub file_offset: u64,
+    pub builder: BlockBuilder,
+    pub opened: Instant,
+}
+
+impl OpenBlock {
+    /// The bytes of the record at `loc`, if it is in this block.
+    pub(crate) fn record(&self, loc: &Loc) -> Option<Vec<u8>> {
+        let start = loc.offset.checked_sub(self.file_offset)? as usize;
+        let bytes = self.builder.bytes().get(start..start + loc.len as usize)?;
+        (loc.segment == self.segment && start >= BLOCK_HEADER_LEN).then(|| bytes.to_vec())
+    }
+}
 
 /// How long the committer busy-polls for the next request before it sleeps.
 /// Waking a sleeping thread costs tens of microseconds on an idle VM core; a
@@ -39,16 +64,18 @@ const COMMITTER_POLL: Duration = Duration::from_micros(1000);
 /// would only take CPU from the committer, so they sleep at once.
 const LONE_WRITER_REPLY_POLL: Duration = Duration::from_millis(2);
 
-/// The next message, polling for `poll` before blocking; `None` once every
-/// sender is gone.
-fn poll_then_block<T>(rx: &Receiver<T>, poll: Duration) -> Option<T> {
+/// The next message, polling for `poll` before sleeping up to `timeout`.
+fn poll_then_wait<T>(rx: &Receiver<T>, poll: Duration, timeout: Duration) -> Result<T, RecvTimeoutError> {
     let start = Instant::now();
     loop {
         match rx.try_recv() {
-            Ok(msg) => return Some(msg),
-            Err(TryRecvError::Disconnected) => return None,
+            Ok(msg) => return Ok(msg),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Empty) if start.elapsed() < poll => std::thread::yield_now(),
-            Err(TryRecvError::Empty) => return rx.recv().ok(),
+            Err(TryRecvError::Empty) if timeout == Duration::MAX => {
+                return rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            }
+            Err(TryRecvError::Empty) => return rx.recv_timeout(timeout),
         }
     }
 }
@@ -65,7 +92,7 @@ pub(crate) enum Wait {
 /// Waits for the committer's answer to one request.
 pub(crate) fn wait(done: &Receiver<Result<()>>, how: Wait) -> Result<()> {
     let answer = match how {
-        Wait::LoneDurable => poll_then_block(done, LONE_WRITER_REPLY_POLL),
+        Wait::LoneDurable => poll_then_wait(done, LONE_WRITER_REPLY_POLL, Duration::MAX).ok(),
         Wait::SharedDurable => done.recv().ok(),
     };
     answer.unwrap_or(Err(Error::Closed))
@@ -97,20 +124,24 @@ pub(crate) enum Cmd {
     Write(WriteRequest, Sender<Result<()>>),
     /// Make everything written so far durable.
     Sync(Sender<Result<()>>),
+    /// A buffered write opened a block: write it out within
+    /// [`BUFFERED_FLUSH_INTERVAL`] unless something else does first.
+    FlushSoon,
 }
 
 impl Cmd {
     fn len(&self) -> usize {
         match self {
             Cmd::Write(w, _) => w.records.len(),
-            Cmd::Sync(_) => 0,
+            Cmd::Sync(_) | Cmd::FlushSoon => 0,
         }
     }
 
     fn reply(self, result: Result<()>) {
-        let (Cmd::Write(_, reply) | Cmd::Sync(reply)) = self;
-        // A writer that gave up waiting is not an error of the committer.
-        let _ = reply.send(result);
+        if let Cmd::Write(_, reply) | Cmd::Sync(reply) = self {
+            // A writer that gave up waiting is not an error of the committer.
+            let _ = reply.send(result);
+        }
     }
 }
 
@@ -182,17 +213,31 @@ impl std::fmt::Debug for LogWriter {
 pub(crate) struct Committer {
     rx: Receiver<Cmd>,
     writer: Arc<Mutex<LogWriter>>,
+    shared: Arc<Shared>,
 }
 
 impl Committer {
-    pub(crate) fn new(rx: Receiver<Cmd>, writer: Arc<Mutex<LogWriter>>) -> Self {
-        Committer { rx, writer }
+    pub(crate) fn new(rx: Receiver<Cmd>, writer: Arc<Mutex<LogWriter>>, shared: Arc<Shared>) -> Self {
+        Committer { rx, writer, shared }
     }
 
     /// Serves requests until every [`crate::Store`] handle is gone, then
     /// makes everything durable and records the commit position.
     pub(crate) fn run(self) -> Result<()> {
-        while let Some(first) = poll_then_block(&self.rx, COMMITTER_POLL) {
+        loop {
+            // Sleep for good unless buffered writes wait in memory.
+            let open = lock(&self.shared.open_block).is_some();
+            let timeout = if open { BUFFERED_FLUSH_INTERVAL } else { Duration::MAX };
+            let first = match poll_then_wait(&self.rx, COMMITTER_POLL, timeout) {
+                Ok(Cmd::FlushSoon) => continue,
+                Ok(cmd) => cmd,
+                Err(RecvTimeoutError::Timeout) => {
+                    // A failure poisons the store; the next write reports it.
+                    let _ = lock(&self.writer).flush_if_stale();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut bytes = first.len();
             let mut group = vec![first];
             while bytes < GROUP_BYTES_MAX {
@@ -237,10 +282,34 @@ impl LogWriter {
     /// `sync`, then publishes them to the index. An error poisons the store:
     /// the reason is returned now and to every later call.
     pub(crate) fn commit(&mut self, requests: &[&WriteRequest], sync: bool) -> Result<(), String> {
+        self.commit_with(|writer| writer.append(requests, sync))
+    }
+
+    /// Adds one request to the open block (writing the block out first if
+    /// it is full) and publishes it to the index at once; the bytes reach
+    /// the file within [`BUFFERED_FLUSH_INTERVAL`] or at the next sync.
+    /// Returns whether the request opened a new block.
+    pub(crate) fn commit_buffered(&mut self, request: &WriteRequest) -> Result<bool, String> {
+        let was_open = lock(&self.shared.open_block).is_some();
+        self.commit_with(|writer| writer.append_buffered(request))?;
+        Ok(!was_open)
+    }
+
+    /// Writes out the open block if it is older than [`BUFFERED_FLUSH_INTERVAL`].
+    pub(crate) fn flush_if_stale(&mut self) -> Result<(), String> {
+        let stale =
+            lock(&self.shared.open_block).as_ref().is_some_and(|b| b.opened.elapsed() >= BUFFERED_FLUSH_INTERVAL);
+        if !stale {
+            return Ok(());
+        }
+        self.commit_with(|writer| writer.flush_open_block().map(|()| Vec::new()))
+    }
+
+    fn commit_with(&mut self, work: impl FnOnce(&mut Self) -> Result<Vec<IndexUpdate>>) -> Result<(), String> {
         if let Some(reason) = lock(&self.shared.poisoned).clone() {
             return Err(reason);
         }
-        let updates = self.append(requests, sync).map_err(|e| {
+        let updates = work(self).map_err(|e| {
             let reason = e.to_string();
             tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
             *lock(&self.shared.poisoned) = Some(reason.clone());
@@ -254,8 +323,9 @@ impl LogWriter {
             };
         }
         drop(index);
+        let open_len = lock(&self.shared.open_block).as_ref().map_or(0, |b| b.builder.finished_len() as u64);
         let mut status = lock(&self.shared.status);
-        status.log_end = self.position;
+        status.log_end = self.position + open_len;
         status.durable_end = self.durable_end;
         status.fingerprint = self.fingerprint;
         Ok(())
@@ -269,6 +339,7 @@ impl LogWriter {
 
     /// Writes the requests as few blocks as fit, then syncs once if asked.
     fn append(&mut self, requests: &[&WriteRequest], sync: bool) -> Result<Vec<IndexUpdate>> {
+        self.flush_open_block()?;
         let mut updates = Vec::new();
         let mut builder = BlockBuilder::new();
         let mut staged: Vec<(&WriteRequest, u64)> = Vec::new();
@@ -328,6 +399,58 @@ impl LogWriter {
         Ok(())
     }
 
+    fn append_buffered(&mut self, req: &WriteRequest) -> Result<Vec<IndexUpdate>> {
+        let fits = |block: &OpenBlock, room: usize| {
+            let len = finished_block_len(block.builder.records_len() + req.records.len());
+            len <= room && block.builder.records_len() + req.records.len() <= BUFFERED_BLOCK_BYTES_MAX
+        };
+        let room = BLOCK_LEN_MAX.min(self.segment_room());
+        if lock(&self.shared.open_block).as_ref().is_some_and(|block| !fits(block, room)) {
+            self.flush_open_block()?;
+        }
+        if lock(&self.shared.open_block).is_none() && finished_block_len(req.records.len()) > self.segment_room() {
+            self.roll()?;
+        }
+        let mut open = lock(&self.shared.open_block);
+        let block = open.get_or_insert_with(|| OpenBlock {
+            segment: self.active.number,
+            file_offset: SEGMENT_HEADER_REGION + (self.position - self.active.first_position),
+            builder: BlockBuilder::new(),
+            opened: Instant::now(),
+        });
+        let base = block.file_offset + (BLOCK_HEADER_LEN + block.builder.records_len()) as u64;
+        block.builder.push_records(&req.records, req.count);
+        Ok(req
+            .entries
+            .iter()
+            .map(|e| {
+                let loc = Loc { segment: block.segment, offset: base + u64::from(e.offset), len: e.len };
+                (e.key.clone(), (!e.delete).then_some(loc))
+            })
+            .collect())
+    }
+
+    /// Writes the open block of buffered writes to its segment.
+    fn flush_open_block(&mut self) -> Result<()> {
+        // Readers wait on this lock while the block is written, so they find
+        // its records either in the open block or in the file.
+        let mut open = lock(&self.shared.open_block);
+        let Some(block) = open.take() else {
+            return Ok(());
+        };
+        debug_assert_eq!(block.file_offset, SEGMENT_HEADER_REGION + (self.position - self.active.first_position));
+        let seed = block_seed(&self.superblock.store_id, block.segment, self.position);
+        let (bytes, fingerprint) =
+            block.builder.finish(self.position, self.superblock.epoch, self.durable_end, seed, self.fingerprint);
+        self.file.write_all_at(&bytes, block.file_offset).map_err(Error::io("writing a commit block"))?;
+        drop(open);
+        self.active.digester.update(&bytes);
+        self.position += bytes.len() as u64;
+        self.fingerprint = fingerprint;
+        self.prepare_spare_when_half_full();
+        Ok(())
+    }
+
     /// Starts zeroing the next segment once the active one is half full:
     /// early enough to be ready long before it is needed, late enough not to
     /// compete with commits for the disk right after opening.
@@ -376,15 +499,23 @@ impl LogWriter {
         Ok(())
     }
 
-    /// On shutdown: sync, then record the commit position in the superblock.
+    /// On shutdown: write out buffered writes, sync, record the commit
+    /// position in the superblock; then wait for any segment preparation.
     fn finish(&mut self) -> Result<()> {
-        // No thread of this store may touch the directory after it is unlocked.
+        let result = self.finish_writes();
+        // Last: no thread of this store may touch the directory after it is
+        // unlocked, and the writes above may have started a preparation.
         if let Some(Err(e)) = self.spare.take().map(Spare::take) {
             tracing::warn!("preparing the next segment failed: {e}");
         }
+        result
+    }
+
+    fn finish_writes(&mut self) -> Result<()> {
         if let Some(reason) = lock(&self.shared.poisoned).clone() {
             return Err(Error::Poisoned { reason });
         }
+        self.flush_open_block()?;
         if self.durable_end < self.position {
             self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
             self.durable_end = self.position;

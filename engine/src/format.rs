@@ -910,6 +910,11 @@ impl BlockBuilder {
         self.record_count
     }
 
+    /// The block so far: a header placeholder, then the records.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Bytes of records pushed so far.
     pub fn records_len(&self) -> usize {
         self.buf.len() - BLOCK_HEADER_LEN

@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::committer::{self, ActiveSegment, Cmd, Committer, Entry, LogWriter, Wait, WriteRequest};
+use crate::committer::{self, ActiveSegment, Cmd, Committer, Entry, LogWriter, OpenBlock, Wait, WriteRequest};
 use crate::error::{Corruption, Error, Result};
 use crate::files::{self, SegmentStart};
 use crate::format::{
@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub segments: RwLock<BTreeMap<u64, Arc<dyn StorageFile>>>,
     pub status: Mutex<LogStatus>,
     pub poisoned: Mutex<Option<String>>,
+    /// Buffered writes not yet written to their segment.
+    pub open_block: Mutex<Option<OpenBlock>>,
     /// Writers waiting for the committer's answer right now.
     pub waiting_writers: AtomicUsize,
 }
@@ -372,12 +374,13 @@ impl Store {
             segments: RwLock::new(segments),
             status: Mutex::new(status),
             poisoned: Mutex::new(None),
+            open_block: Mutex::new(None),
             waiting_writers: AtomicUsize::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = LogWriter::new(shared.clone(), sb, active, spare, report.log_end, report.fingerprint)?;
         let writer = Arc::new(Mutex::new(writer));
-        let committer = Committer::new(rx, writer.clone());
+        let committer = Committer::new(rx, writer.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name("lockstep-committer".into())
             .spawn(move || committer.run())
@@ -462,7 +465,11 @@ impl Store {
         let request = WriteRequest { records, count: ops.len() as u32, entries };
         if self.durability == Durability::Buffered {
             // No fsync to share: append on this thread, no hand-off.
-            return lock(&self.writer).commit(&[&request], false).map_err(|reason| Error::Poisoned { reason });
+            let opened = lock(&self.writer).commit_buffered(&request).map_err(|reason| Error::Poisoned { reason })?;
+            if opened {
+                self.send(Cmd::FlushSoon)?;
+            }
+            return Ok(());
         }
         let (reply, done) = crossbeam_channel::bounded(1);
         let waiting = WaitingWriter::enter(&self.shared);
@@ -575,8 +582,20 @@ impl Shared {
             .get(&loc.segment)
             .cloned()
             .ok_or_else(|| Error::corruption(&path, loc.offset, Corruption::WrongRecord))?;
+        let read_file = |buf: &mut [u8]| {
+            file.read_exact_at(buf, loc.offset).map_err(Error::io(format!("reading {}", path.display())))
+        };
         let mut buf = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset).map_err(Error::io(format!("reading {}", path.display())))?;
+        read_file(&mut buf)?;
+        if buf[0] == 0 {
+            // Not a record (kinds start at 1): a buffered write whose block is
+            // still in memory. If it was written out meanwhile, it is in the
+            // file now: the flush holds the open block's lock until it is.
+            match lock(&self.open_block).as_ref().and_then(|block| block.record(&loc)) {
+                Some(bytes) => buf = bytes,
+                None => read_file(&mut buf)?,
+            }
+        }
         let (record, _) = decode_record(&buf, self.record_seed).map_err(|e| Error::corruption(&path, loc.offset, e))?;
         if record.key != key || record.kind != RECORD_KIND_PUT {
             return Err(Error::corruption(&path, loc.offset, Corruption::WrongRecord));

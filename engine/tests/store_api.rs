@@ -209,3 +209,24 @@ fn store_is_send_and_sync() {
     assert_send_sync::<Store>();
     assert_send_sync::<lockstep_engine::Scan>();
 }
+
+#[test]
+fn closing_waits_for_a_spare_started_by_the_final_flush() {
+    // Regression: the flush of buffered writes at close could cross the
+    // half-full mark and start preparing the next segment after close had
+    // already waited for preparations; that thread then raced the next open
+    // (which removes half-made `.tmp` files) and failed it.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options { durability: Durability::Buffered, ..small_options() };
+        let store = Store::open(dir.path(), options.clone()).expect("open");
+        store.put("big", vec![b'x'; 40_000]).expect("put");
+        store.close().expect("close");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "a preparation outlived close: {names:?}");
+        assert!(names.contains(&"segment-0000000001.log".to_string()), "{names:?}");
+    }
+}
