@@ -24,7 +24,7 @@ use crate::format::{
     BLOCK_HEADER_LEN, BLOCK_LEN_MAX, SEAL_REGION, SEGMENT_HEADER_REGION,
 };
 use crate::storage::StorageFile;
-use crate::store::{lock, write, Loc, Shared};
+use crate::store::{lock, write, Loc, SegmentFile, Shared};
 
 /// The committer stops draining the queue into one group past this many bytes.
 pub(crate) const GROUP_BYTES_MAX: usize = 4 << 20;
@@ -271,7 +271,7 @@ impl LogWriter {
     ) -> Result<LogWriter> {
         let file = crate::store::read_segments(&shared)
             .get(&active.number)
-            .cloned()
+            .map(|segment| segment.file.clone())
             .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
         debug_assert!(position >= active.first_position);
         let spare = spare.map(|file| Spare::Ready(Ok(file)));
@@ -489,7 +489,7 @@ impl LogWriter {
             None => files::prepare_segment(&*self.shared.storage, &self.shared.dir, start.number, sb.segment_size)?,
         };
         files::activate_segment(&*file, &start)?;
-        write(&self.shared.segments).insert(start.number, file.clone());
+        write(&self.shared.segments).insert(start.number, SegmentFile::new(file.clone()));
         self.file = file;
         self.active = ActiveSegment {
             number: start.number,

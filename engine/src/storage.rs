@@ -40,6 +40,11 @@ pub trait StorageFile: Send + Sync + Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// The whole file mapped into memory, if this backend can map it; reads
+    /// then slice the map instead of calling `read_exact_at`.
+    fn map(&self) -> Option<bytes::Bytes> {
+        None
+    }
     /// Writes `buf` at `off` and makes the file's data durable. A backend
     /// that can submit both at once (io_uring) overrides this.
     fn write_and_sync(&self, buf: &[u8], off: u64) -> io::Result<()> {
@@ -122,6 +127,9 @@ impl StorageFile for StdFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn map(&self) -> Option<bytes::Bytes> {
+        crate::mmap::map(&self.0).ok()
     }
 }
 

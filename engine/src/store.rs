@@ -138,7 +138,7 @@ pub(crate) struct Shared {
     pub segment_size: u64,
     pub record_seed: u32,
     pub index: RwLock<BTreeMap<Bytes, Loc>>,
-    pub segments: RwLock<BTreeMap<u64, Arc<dyn StorageFile>>>,
+    pub segments: RwLock<BTreeMap<u64, SegmentFile>>,
     pub status: Mutex<LogStatus>,
     pub poisoned: Mutex<Option<String>>,
     /// Buffered writes not yet written to their segment.
@@ -191,7 +191,7 @@ fn read<T: ?Sized>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) fn read_segments(shared: &Shared) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<dyn StorageFile>>> {
+pub(crate) fn read_segments(shared: &Shared) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, SegmentFile>> {
     read(&shared.segments)
 }
 
@@ -313,7 +313,7 @@ impl Store {
         for seg in &report.segments {
             let mode = if Some(seg.number) == last { OpenMode::ReadWrite } else { OpenMode::Read };
             let file = storage.open(&seg.path, mode).map_err(Error::io(format!("opening {}", seg.path.display())))?;
-            segments.insert(seg.number, file);
+            segments.insert(seg.number, SegmentFile::new(file));
         }
         let mut spare = match report.spare {
             Some(n) => {
@@ -347,7 +347,7 @@ impl Store {
                     None => files::prepare_segment(&*storage, &dir, start.number, sb.segment_size)?,
                 };
                 files::activate_segment(&*file, &start)?;
-                segments.insert(start.number, file);
+                segments.insert(start.number, SegmentFile::new(file));
                 ActiveSegment {
                     number: start.number,
                     first_position: start.first_position,
@@ -357,8 +357,8 @@ impl Store {
         };
         // What recovery read may sit only in the page cache (an earlier
         // process wrote it without fsync): make it durable before building on it.
-        if let Some(file) = segments.get(&active.number) {
-            file.sync_data().map_err(Error::io("syncing the last segment"))?;
+        if let Some(segment) = segments.get(&active.number) {
+            segment.file.sync_data().map_err(Error::io("syncing the last segment"))?;
         }
         let status =
             LogStatus { log_end: report.log_end, durable_end: report.log_end, fingerprint: report.fingerprint };
@@ -578,30 +578,58 @@ impl Drop for Store {
 impl Shared {
     fn read_value(&self, key: &[u8], loc: Loc) -> Result<Bytes> {
         let path = files::segment_path(&self.dir, loc.segment);
-        let file = read(&self.segments)
+        let segment = read(&self.segments)
             .get(&loc.segment)
             .cloned()
             .ok_or_else(|| Error::corruption(&path, loc.offset, Corruption::WrongRecord))?;
-        let read_file = |buf: &mut [u8]| {
-            file.read_exact_at(buf, loc.offset).map_err(Error::io(format!("reading {}", path.display())))
-        };
-        let mut buf = vec![0u8; loc.len as usize];
-        read_file(&mut buf)?;
-        if buf[0] == 0 {
+        let mut bytes =
+            segment.read(loc.offset, loc.len as usize).map_err(Error::io(format!("reading {}", path.display())))?;
+        if bytes.first() == Some(&0) {
             // Not a record (kinds start at 1): a buffered write whose block is
             // still in memory. If it was written out meanwhile, it is in the
             // file now: the flush holds the open block's lock until it is.
-            match lock(&self.open_block).as_ref().and_then(|block| block.record(&loc)) {
-                Some(bytes) => buf = bytes,
-                None => read_file(&mut buf)?,
-            }
+            bytes = match lock(&self.open_block).as_ref().and_then(|block| block.record(&loc)) {
+                Some(record) => Bytes::from(record),
+                None => segment
+                    .read(loc.offset, loc.len as usize)
+                    .map_err(Error::io(format!("reading {}", path.display())))?,
+            };
         }
-        let (record, _) = decode_record(&buf, self.record_seed).map_err(|e| Error::corruption(&path, loc.offset, e))?;
+        let (record, _) =
+            decode_record(&bytes, self.record_seed).map_err(|e| Error::corruption(&path, loc.offset, e))?;
         if record.key != key || record.kind != RECORD_KIND_PUT {
             return Err(Error::corruption(&path, loc.offset, Corruption::WrongRecord));
         }
-        let start = format::RECORD_HEADER_LEN + key.len();
-        Ok(Bytes::from(buf).slice(start..))
+        Ok(bytes.slice(format::RECORD_HEADER_LEN + key.len()..))
+    }
+}
+
+/// An open segment file, memory-mapped where the storage allows.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentFile {
+    pub file: Arc<dyn StorageFile>,
+    map: Option<Bytes>,
+}
+
+impl SegmentFile {
+    pub(crate) fn new(file: Arc<dyn StorageFile>) -> SegmentFile {
+        let map = file.map();
+        SegmentFile { file, map }
+    }
+
+    /// `len` bytes at `offset`: a slice of the map (no copy, no system
+    /// call), or read from the file.
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        if let Some(map) = &self.map {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            return match start.checked_add(len).filter(|&end| end <= map.len()) {
+                Some(end) => Ok(map.slice(start..end)),
+                None => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the segment")),
+            };
+        }
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
     }
 }
 

@@ -102,6 +102,9 @@ impl StorageFile for UringFile {
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+    fn map(&self) -> Option<bytes::Bytes> {
+        self.file.map()
+    }
     fn write_and_sync(&self, buf: &[u8], off: u64) -> io::Result<()> {
         match self.submit_write_and_sync(buf, off)? {
             (n, synced) if n == buf.len() => synced,
