@@ -1,20 +1,24 @@
-//! The committer thread: takes every pending write, packs them into commit
-//! blocks, writes them, fdatasyncs once for the whole group, then publishes
-//! them to the index and wakes the writers.
+//! The write path. [`LogWriter`] owns the end of the log: it packs encoded
+//! records into commit blocks, writes them, rolls segments and publishes
+//! what it wrote to the index. Durable writes reach it through the
+//! [`Committer`] thread, which drains every pending request into one group
+//! that shares one fdatasync; buffered writes call it on their own thread.
 //!
 //! Invariants:
 //! * Blocks are written at strictly increasing, contiguous log positions.
 //! * A block's `commit_position` is the durable end before it, so a later
 //!   valid block proves every earlier byte was acknowledged.
+//! * The index changes only after the bytes it points to are written (and,
+//!   for a durable write, synced) — or, for buffered writes, are in the open
+//!   block that readers can see.
 //! * A segment is rolled only between blocks: seal (synced), then the next
-//!   segment is created whole before any block goes into it.
+//!   segment's header (synced) before any block goes into it.
 
 use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::error::{Error, Result};
@@ -48,9 +52,11 @@ pub(crate) struct OpenBlock {
 impl OpenBlock {
     /// The bytes of the record at `loc`, if it is in this block.
     pub(crate) fn record(&self, loc: &Loc) -> Option<Vec<u8>> {
-        let start = loc.offset.checked_sub(self.file_offset)? as usize;
-        let bytes = self.builder.bytes().get(start..start + loc.len as usize)?;
-        (loc.segment == self.segment && start >= BLOCK_HEADER_LEN).then(|| bytes.to_vec())
+        let start = usize::try_from(loc.offset.checked_sub(self.file_offset)?).ok()?;
+        if loc.segment != self.segment || start < BLOCK_HEADER_LEN {
+            return None;
+        }
+        self.builder.bytes().get(start..start.checked_add(loc.len as usize)?).map(<[u8]>::to_vec)
     }
 }
 

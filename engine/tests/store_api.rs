@@ -230,3 +230,21 @@ fn closing_waits_for_a_spare_started_by_the_final_flush() {
         assert!(names.contains(&"segment-0000000001.log".to_string()), "{names:?}");
     }
 }
+
+#[test]
+fn buffered_writes_reach_the_file_within_the_flush_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = Options { durability: Durability::Buffered, ..small_options() };
+    let store = Store::open(dir.path(), options).expect("open");
+    store.put("a", "in memory first").expect("put");
+    // Readable at once, from the open block.
+    assert_eq!(store.get("a").expect("get").as_deref(), Some(&b"in memory first"[..]));
+    // Written to the segment (not synced) within the 10 ms interval: a
+    // read-only scan of the files, as another process would do, finds it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while scan(dir.path()).segments[0].records == 0 {
+        assert!(std::time::Instant::now() < deadline, "the open block was never written out");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(store.get("a").expect("get").as_deref(), Some(&b"in memory first"[..]));
+}
