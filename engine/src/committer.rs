@@ -321,14 +321,7 @@ impl LogWriter {
             *lock(&self.shared.poisoned) = Some(reason.clone());
             reason
         })?;
-        let mut index = write(&self.shared.index);
-        for (key, loc) in updates {
-            match loc {
-                Some(loc) => index.insert(key, loc),
-                None => index.remove(&key),
-            };
-        }
-        drop(index);
+        self.shared.index.apply(&updates);
         let open_len = lock(&self.shared.open_block).as_ref().map_or(0, |b| b.builder.finished_len() as u64);
         let mut status = lock(&self.shared.status);
         status.log_end = self.position + open_len;

@@ -22,6 +22,7 @@ mod committer;
 pub mod error;
 mod files;
 pub mod format;
+mod index;
 mod mmap;
 pub mod recovery;
 pub mod storage;

@@ -1,12 +1,13 @@
 //! The embedded API: [`Store`], [`Options`], [`WriteBatch`].
 //!
 //! Invariants:
-//! * One committer thread appends to the log; every write reaches it through
-//!   one channel, so log order is commit order.
+//! * One `LogWriter`, behind a mutex, appends to the log, so log order is
+//!   index order. Durable writes reach it through the committer thread's
+//!   channel (group commit); buffered writes call it directly.
 //! * The index only points at records whose block was written (and, for a
-//!   `Sync` write, made durable) before the index changed: readers never
-//!   see a write before its writer could have been acknowledged, and never
-//!   wait for an fsync.
+//!   `Sync` write, made durable) before the index changed, or that sit in
+//!   the open block of buffered writes: readers never see a write before its
+//!   writer could have been acknowledged, and never wait for an fsync.
 //! * After a failed write or fsync the store is poisoned: no further write
 //!   is acknowledged until it is reopened.
 
@@ -27,6 +28,7 @@ use crate::format::{
     self, decode_record, encode_record, record_len, Fingerprint, NodeId, StoreId, Superblock, BLOCK_LEN_MAX,
     BLOCK_OVERHEAD_MAX, KEY_LEN_MAX, RECORD_KIND_DELETE, RECORD_KIND_PUT, SEAL_REGION, VALUE_LEN_MAX,
 };
+use crate::index::Index;
 use crate::recovery::{self, ScanReport, TornTail};
 use crate::storage::{LockOutcome, OpenMode, Storage, StorageFile};
 
@@ -37,8 +39,9 @@ pub enum Durability {
     /// share one fsync (group commit).
     #[default]
     Sync,
-    /// A write returns once it is written to the operating system; call
-    /// [`Store::sync`] to make all earlier writes durable.
+    /// A write returns once it is in the store's write buffer (visible to
+    /// readers); the buffer reaches the operating system within 10 ms or
+    /// 256 KiB. Call [`Store::sync`] to make all earlier writes durable.
     Buffered,
 }
 
@@ -137,7 +140,7 @@ pub(crate) struct Shared {
     pub epoch: u64,
     pub segment_size: u64,
     pub record_seed: u32,
-    pub index: RwLock<BTreeMap<Bytes, Loc>>,
+    pub index: Index,
     pub segments: RwLock<BTreeMap<u64, SegmentFile>>,
     pub status: Mutex<LogStatus>,
     pub poisoned: Mutex<Option<String>>,
@@ -230,14 +233,10 @@ impl Store {
             Self::create_locked(&*storage, &dir, &options)?;
         }
         files::remove_temporaries(&*storage, &dir)?;
-        let mut index = BTreeMap::new();
+        let index = Index::new();
         let report = recovery::scan(&*storage, &dir, false, &mut |r| {
-            if r.kind == RECORD_KIND_PUT {
-                let loc = Loc { segment: r.segment, offset: r.file_offset, len: r.len };
-                index.insert(Bytes::copy_from_slice(r.key), loc);
-            } else {
-                index.remove(r.key);
-            }
+            let loc = Loc { segment: r.segment, offset: r.file_offset, len: r.len };
+            index.set(r.key, (r.kind == RECORD_KIND_PUT).then_some(loc));
         })?;
         Self::repair(&*storage, &dir, &report)?;
         Self::start(dir, storage, options.durability, report, index, guard)
@@ -304,7 +303,7 @@ impl Store {
         storage: Arc<dyn Storage>,
         durability: Durability,
         mut report: ScanReport,
-        index: BTreeMap<Bytes, Loc>,
+        index: Index,
         guard: LockGuard,
     ) -> Result<Store> {
         let sb = report.superblock.clone();
@@ -370,7 +369,7 @@ impl Store {
             epoch: sb.epoch,
             segment_size: sb.segment_size,
             record_seed: format::record_seed(&sb.store_id),
-            index: RwLock::new(index),
+            index,
             segments: RwLock::new(segments),
             status: Mutex::new(status),
             poisoned: Mutex::new(None),
@@ -501,7 +500,7 @@ impl Store {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let key = key.as_ref();
         Self::check_key(key)?;
-        let Some(loc) = read(&self.shared.index).get(key).copied() else {
+        let Some(loc) = self.shared.index.get(key) else {
             return Ok(None);
         };
         self.shared.read_value(key, loc).map(Some)
@@ -515,8 +514,7 @@ impl Store {
                 return Ok(Scan { shared: self.shared.clone(), entries: Vec::new().into_iter() });
             }
         }
-        let entries: Vec<(Bytes, Loc)> =
-            read(&self.shared.index).range::<[u8], _>(range).map(|(k, l)| (k.clone(), *l)).collect();
+        let entries = self.shared.index.range(range);
         Ok(Scan { shared: self.shared.clone(), entries: entries.into_iter() })
     }
 
@@ -540,7 +538,7 @@ impl Store {
             log_end: status.log_end,
             durable_end: status.durable_end,
             fingerprint: status.fingerprint,
-            keys: read(&self.shared.index).len(),
+            keys: self.shared.index.len(),
             segments: read(&self.shared.segments).len(),
             io_backend: self.shared.storage.io_backend(),
         }
@@ -577,28 +575,25 @@ impl Drop for Store {
 
 impl Shared {
     fn read_value(&self, key: &[u8], loc: Loc) -> Result<Bytes> {
-        let path = files::segment_path(&self.dir, loc.segment);
-        let segment = read(&self.segments)
-            .get(&loc.segment)
-            .cloned()
-            .ok_or_else(|| Error::corruption(&path, loc.offset, Corruption::WrongRecord))?;
-        let mut bytes =
-            segment.read(loc.offset, loc.len as usize).map_err(Error::io(format!("reading {}", path.display())))?;
+        // Paths are only built for errors: this is the hot read path.
+        let path = || files::segment_path(&self.dir, loc.segment);
+        let corrupt = |reason: Corruption| Error::corruption(path(), loc.offset, reason);
+        let io = |e| Error::Io { context: format!("reading {}", path().display()), source: e };
+        let segment =
+            read(&self.segments).get(&loc.segment).cloned().ok_or_else(|| corrupt(Corruption::WrongRecord))?;
+        let mut bytes = segment.read(loc.offset, loc.len as usize).map_err(io)?;
         if bytes.first() == Some(&0) {
             // Not a record (kinds start at 1): a buffered write whose block is
             // still in memory. If it was written out meanwhile, it is in the
             // file now: the flush holds the open block's lock until it is.
             bytes = match lock(&self.open_block).as_ref().and_then(|block| block.record(&loc)) {
                 Some(record) => Bytes::from(record),
-                None => segment
-                    .read(loc.offset, loc.len as usize)
-                    .map_err(Error::io(format!("reading {}", path.display())))?,
+                None => segment.read(loc.offset, loc.len as usize).map_err(io)?,
             };
         }
-        let (record, _) =
-            decode_record(&bytes, self.record_seed).map_err(|e| Error::corruption(&path, loc.offset, e))?;
+        let (record, _) = decode_record(&bytes, self.record_seed).map_err(|e| corrupt(e.into()))?;
         if record.key != key || record.kind != RECORD_KIND_PUT {
-            return Err(Error::corruption(&path, loc.offset, Corruption::WrongRecord));
+            return Err(corrupt(Corruption::WrongRecord));
         }
         Ok(bytes.slice(format::RECORD_HEADER_LEN + key.len()..))
     }
