@@ -81,7 +81,6 @@ impl Engine for RedbEngine {
         self.commit(redb::Durability::Immediate, None)
     }
     fn get(&self, key: &[u8]) -> Result<Option<usize>> {
-        use redb::ReadableTable;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(REDB_TABLE)?;
         Ok(table.get(key)?.map(|v| v.value().len()))
@@ -251,7 +250,7 @@ struct RaftEngineEngine {
 impl Engine for RaftEngineEngine {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let mut batch = raft_engine::LogBatch::default();
-        batch.put(RAFT_REGION, key.to_vec(), value.to_vec());
+        batch.put(RAFT_REGION, key.to_vec(), value.to_vec())?;
         self.engine.write(&mut batch, self.durable)?;
         Ok(())
     }
