@@ -14,6 +14,7 @@
 //! * A segment is rolled only between blocks: seal (synced), then the next
 //!   segment's header (synced) before any block goes into it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,11 +28,15 @@ use crate::format::{
     block_seed, finished_block_len, segment_data_len, BlockBuilder, Fingerprint, Seal, SegmentDigester, Superblock,
     BLOCK_HEADER_LEN, BLOCK_LEN_MAX, SEAL_REGION, SEGMENT_HEADER_REGION,
 };
-use crate::storage::StorageFile;
+use crate::storage::{StorageFile, SyncTicket};
 use crate::store::{lock, write, Loc, SegmentFile, Shared};
 
 /// The committer stops draining the queue into one group past this many bytes.
 pub(crate) const GROUP_BYTES_MAX: usize = 4 << 20;
+/// Commit blocks written and being synced at once. While they are in
+/// flight the committer builds and submits the next; their writers are
+/// answered strictly in log order as each completes.
+pub(crate) const INFLIGHT_BLOCKS_MAX: usize = 4;
 /// Buffered writes collect in one open block in memory; it is written out
 /// once it holds this many bytes of records ...
 pub(crate) const BUFFERED_BLOCK_BYTES_MAX: usize = 256 << 10;
@@ -201,6 +206,9 @@ pub(crate) struct LogWriter {
     position: u64,
     fingerprint: Fingerprint,
     durable_end: u64,
+    /// Write + sync pairs submitted and not yet waited for, oldest first,
+    /// each with the log end it makes durable.
+    inflight: VecDeque<(SyncTicket, u64)>,
 }
 
 type IndexUpdate = (Bytes, Option<Loc>);
@@ -230,40 +238,106 @@ impl Committer {
     /// Serves requests until every [`crate::Store`] handle is gone, then
     /// makes everything durable and records the commit position.
     pub(crate) fn run(self) -> Result<()> {
+        let mut waiting = VecDeque::new();
         loop {
-            // Sleep for good unless buffered writes wait in memory.
-            let open = lock(&self.shared.open_block).is_some();
-            let timeout = if open { BUFFERED_FLUSH_INTERVAL } else { Duration::MAX };
-            let first = match poll_then_wait(&self.rx, COMMITTER_POLL, timeout) {
-                Ok(Cmd::FlushSoon) => continue,
-                Ok(cmd) => cmd,
-                Err(RecvTimeoutError::Timeout) => {
-                    // A failure poisons the store; the next write reports it.
-                    let _ = lock(&self.writer).flush_if_stale();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut bytes = first.len();
-            let mut group = vec![first];
-            while bytes < GROUP_BYTES_MAX {
-                match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        bytes += cmd.len();
-                        group.push(cmd);
+            let first = if waiting.is_empty() {
+                // Sleep for good unless buffered writes wait in memory.
+                let open = lock(&self.shared.open_block).is_some();
+                let timeout = if open { BUFFERED_FLUSH_INTERVAL } else { Duration::MAX };
+                match poll_then_wait(&self.rx, COMMITTER_POLL, timeout) {
+                    Ok(Cmd::FlushSoon) => continue,
+                    Ok(cmd) => cmd,
+                    Err(RecvTimeoutError::Timeout) => {
+                        // A failure poisons the store; the next write reports it.
+                        let _ = lock(&self.writer).flush_if_stale();
+                        continue;
                     }
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-            }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(cmd) => cmd,
+                    // Nothing new: the oldest block in flight is what to wait for.
+                    Err(_) => {
+                        self.complete_oldest(&mut waiting);
+                        continue;
+                    }
+                }
+            };
+            let group = self.gather(first);
             let requests: Vec<&WriteRequest> =
                 group.iter().filter_map(|cmd| if let Cmd::Write(w, _) = cmd { Some(w) } else { None }).collect();
-            let result = lock(&self.writer).commit(&requests, true);
-            for cmd in group {
-                cmd.reply(result.clone().map_err(|reason| Error::Poisoned { reason }));
+            let submitted = lock(&self.writer).submit(&requests);
+            match submitted {
+                Ok((end, updates)) => {
+                    waiting.push_back(Waiting { end, group, updates });
+                    // A backend that completed the I/O already (std) has its
+                    // writers answered at once, not after the next block.
+                    let writer = lock(&self.writer);
+                    let full = writer.inflight.len() >= INFLIGHT_BLOCKS_MAX;
+                    let done = writer.inflight.front().is_none_or(|(ticket, _)| ticket.is_done());
+                    drop(writer);
+                    if full || done {
+                        self.complete_oldest(&mut waiting);
+                    }
+                }
+                Err(reason) => {
+                    for cmd in group {
+                        cmd.reply(Err(Error::Poisoned { reason: reason.clone() }));
+                    }
+                }
             }
+        }
+        while !waiting.is_empty() {
+            self.complete_oldest(&mut waiting);
         }
         lock(&self.writer).finish()
     }
+
+    /// `first` and whatever else is queued, up to [`GROUP_BYTES_MAX`].
+    fn gather(&self, first: Cmd) -> Vec<Cmd> {
+        let mut bytes = first.len();
+        let mut group = vec![first];
+        while bytes < GROUP_BYTES_MAX {
+            match self.rx.try_recv() {
+                Ok(cmd) => {
+                    bytes += cmd.len();
+                    group.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        group
+    }
+
+    /// Waits for the oldest block in flight, then publishes and answers
+    /// every group that is now durable, in log order. After a failure every
+    /// group still waiting fails: none of them may be acknowledged.
+    fn complete_oldest(&self, waiting: &mut VecDeque<Waiting>) {
+        let durable = lock(&self.writer).wait_oldest();
+        while let Some(next) = waiting.front() {
+            if durable.as_ref().is_ok_and(|end| next.end > *end) {
+                // Still in flight; nothing in flight means nothing can be waiting.
+                debug_assert!(!lock(&self.writer).inflight.is_empty());
+                break;
+            }
+            let Some(done) = waiting.pop_front() else { break };
+            if durable.is_ok() {
+                self.shared.index.apply(&done.updates);
+            }
+            for cmd in done.group {
+                cmd.reply(durable.as_ref().map(|_| ()).map_err(|reason| Error::Poisoned { reason: reason.clone() }));
+            }
+        }
+    }
+}
+
+/// A group of commands whose blocks are in flight.
+struct Waiting {
+    /// The log end that must be durable before the group is answered.
+    end: u64,
+    group: Vec<Cmd>,
+    updates: Vec<IndexUpdate>,
 }
 
 impl LogWriter {
@@ -281,14 +355,39 @@ impl LogWriter {
             .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
         debug_assert!(position >= active.first_position);
         let spare = spare.map(|file| Spare::Ready(Ok(file)));
-        Ok(LogWriter { shared, superblock, active, file, spare, position, fingerprint, durable_end: position })
+        Ok(LogWriter {
+            shared,
+            superblock,
+            active,
+            file,
+            spare,
+            position,
+            fingerprint,
+            durable_end: position,
+            inflight: VecDeque::new(),
+        })
     }
 
-    /// Appends `requests` (in order, atomically each), makes them durable if
-    /// `sync`, then publishes them to the index. An error poisons the store:
-    /// the reason is returned now and to every later call.
-    pub(crate) fn commit(&mut self, requests: &[&WriteRequest], sync: bool) -> Result<(), String> {
-        self.commit_with(|writer| writer.append(requests, sync))
+    /// Writes `requests` (in order, atomically each) and starts making them
+    /// durable; returns the log end that must be durable before they may be
+    /// answered, and their index updates, to publish then. With no requests,
+    /// makes everything written so far durable before returning. An error
+    /// poisons the store: the reason is returned now and to every later call.
+    pub(crate) fn submit(&mut self, requests: &[&WriteRequest]) -> Result<(u64, Vec<IndexUpdate>), String> {
+        let mut updates = Vec::new();
+        self.commit_with(|writer| {
+            updates = writer.append(requests)?;
+            Ok(Vec::new())
+        })?;
+        Ok((self.position, updates))
+    }
+
+    /// Waits for the oldest write + sync in flight and returns the durable
+    /// end after it (at once if nothing is in flight). A failure poisons the
+    /// store and abandons every other pair in flight.
+    pub(crate) fn wait_oldest(&mut self) -> Result<u64, String> {
+        self.commit_with(|writer| writer.wait_inflight(1).map(|()| Vec::new()))?;
+        Ok(self.durable_end)
     }
 
     /// Adds one request to the open block (writing the block out first if
@@ -319,6 +418,11 @@ impl LogWriter {
             let reason = e.to_string();
             tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
             *lock(&self.shared.poisoned) = Some(reason.clone());
+            // What is still in flight can no longer be acknowledged; wait
+            // for it only so that no I/O outlives the store.
+            for (ticket, _) in self.inflight.drain(..) {
+                let _ = ticket.wait();
+            }
             reason
         })?;
         self.shared.index.apply(&updates);
@@ -336,9 +440,30 @@ impl LogWriter {
         (segment_data_len(self.superblock.segment_size) - used) as usize
     }
 
-    /// Writes the requests as few blocks as fit, then syncs once if asked.
-    fn append(&mut self, requests: &[&WriteRequest], sync: bool) -> Result<Vec<IndexUpdate>> {
+    /// Waits for the oldest `n` write + sync pairs in flight (all if fewer).
+    fn wait_inflight(&mut self, n: usize) -> Result<()> {
+        for _ in 0..n {
+            let Some((ticket, end)) = self.inflight.pop_front() else { break };
+            ticket.wait().map_err(Error::io("writing and syncing a commit block"))?;
+            debug_assert!(end >= self.durable_end);
+            self.durable_end = end;
+        }
+        Ok(())
+    }
+
+    /// Writes the requests as few blocks as fit; the last one is submitted
+    /// with its fdatasync, which covers the others. With no requests, waits
+    /// for everything in flight and syncs what else was written.
+    fn append(&mut self, requests: &[&WriteRequest]) -> Result<Vec<IndexUpdate>> {
         self.flush_open_block()?;
+        if requests.is_empty() {
+            self.wait_inflight(usize::MAX)?;
+            if self.durable_end < self.position {
+                self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
+                self.durable_end = self.position;
+            }
+            return Ok(Vec::new());
+        }
         let mut updates = Vec::new();
         let mut builder = BlockBuilder::new();
         let mut staged: Vec<(&WriteRequest, u64)> = Vec::new();
@@ -353,15 +478,9 @@ impl LogWriter {
             staged.push((req, (BLOCK_HEADER_LEN + builder.records_len()) as u64));
             builder.push_records(&req.records, req.count);
         }
-        if builder.record_count() > 0 {
-            // The last block of a durable group goes down with its fsync.
-            self.write_block(builder, &mut staged, &mut updates, sync)?;
-        }
+        // The last block of a group goes down with its fsync.
+        self.write_block(builder, &mut staged, &mut updates, true)?;
         self.prepare_spare_when_half_full();
-        if sync && self.durable_end < self.position {
-            self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
-            self.durable_end = self.position;
-        }
         Ok(updates)
     }
 
@@ -378,23 +497,21 @@ impl LogWriter {
             builder.finish(self.position, self.superblock.epoch, self.durable_end, seed, self.fingerprint);
         debug_assert!(block.len() <= self.segment_room());
         let file_offset = SEGMENT_HEADER_REGION + (self.position - self.active.first_position);
+        self.active.digester.update(&block);
+        let end = self.position + block.len() as u64;
         if sync {
-            self.file.write_and_sync(&block, file_offset).map_err(Error::io("writing and syncing a commit block"))?;
+            self.inflight.push_back((self.file.submit_write_and_sync(Bytes::from(block), file_offset), end));
         } else {
             self.file.write_all_at(&block, file_offset).map_err(Error::io("writing a commit block"))?;
         }
-        self.active.digester.update(&block);
         for (req, base) in staged.drain(..) {
             for e in &req.entries {
                 let loc = Loc { segment, offset: file_offset + base + u64::from(e.offset), len: e.len };
                 updates.push((e.key.clone(), (!e.delete).then_some(loc)));
             }
         }
-        self.position += block.len() as u64;
+        self.position = end;
         self.fingerprint = fingerprint;
-        if sync {
-            self.durable_end = self.position;
-        }
         Ok(())
     }
 
@@ -462,6 +579,8 @@ impl LogWriter {
 
     /// Seals the active segment and starts the next one.
     fn roll(&mut self) -> Result<()> {
+        // The seal vouches for every block before it: they must be on disk.
+        self.wait_inflight(usize::MAX)?;
         let sb = &self.superblock;
         let seal = Seal {
             segment_number: self.active.number,
@@ -514,11 +633,7 @@ impl LogWriter {
         if let Some(reason) = lock(&self.shared.poisoned).clone() {
             return Err(Error::Poisoned { reason });
         }
-        self.flush_open_block()?;
-        if self.durable_end < self.position {
-            self.file.sync_data().map_err(Error::io("fdatasync of the log"))?;
-            self.durable_end = self.position;
-        }
+        self.append(&[])?;
         if self.durable_end == self.superblock.commit_position {
             return Ok(());
         }

@@ -11,6 +11,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -50,6 +52,59 @@ pub trait StorageFile: Send + Sync + Debug {
     fn write_and_sync(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.write_all_at(buf, off)?;
         self.sync_data()
+    }
+    /// Starts writing `buf` at `off` and making the file's data durable,
+    /// and returns before both are done if the backend can (io_uring); the
+    /// ticket's [`SyncTicket::wait`] says how it ended. The default does
+    /// both now, so the ticket is already complete.
+    fn submit_write_and_sync(&self, buf: Bytes, off: u64) -> SyncTicket {
+        SyncTicket::done(self.write_and_sync(&buf, off))
+    }
+}
+
+/// An I/O a backend is still carrying out.
+pub trait PendingIo: Send {
+    /// Blocks until the I/O is complete.
+    fn wait(self: Box<Self>) -> io::Result<()>;
+}
+
+/// A write + fdatasync submitted with [`StorageFile::submit_write_and_sync`].
+#[must_use = "the data is durable only once wait() returned Ok"]
+pub struct SyncTicket(Ticket);
+
+enum Ticket {
+    Done(io::Result<()>),
+    Pending(Box<dyn PendingIo>),
+}
+
+impl SyncTicket {
+    /// A ticket for I/O that has already ended.
+    pub fn done(result: io::Result<()>) -> SyncTicket {
+        SyncTicket(Ticket::Done(result))
+    }
+    /// A ticket for I/O still in progress.
+    pub fn pending(io: Box<dyn PendingIo>) -> SyncTicket {
+        SyncTicket(Ticket::Pending(io))
+    }
+    /// Whether the I/O is known to have ended (`wait` will not block).
+    pub fn is_done(&self) -> bool {
+        matches!(self.0, Ticket::Done(_))
+    }
+    /// Waits until the write and the sync are complete.
+    pub fn wait(self) -> io::Result<()> {
+        match self.0 {
+            Ticket::Done(result) => result,
+            Ticket::Pending(io) => io.wait(),
+        }
+    }
+}
+
+impl Debug for SyncTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Ticket::Done(_) => "SyncTicket(done)",
+            Ticket::Pending(_) => "SyncTicket(pending)",
+        })
     }
 }
 

@@ -4,12 +4,11 @@
 mod common;
 
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::small_options;
-use lockstep_engine::storage::{LockOutcome, OpenMode, StdStorage, Storage, StorageFile};
+use common::{small_options, WrapStorage};
+use lockstep_engine::storage::StorageFile;
 use lockstep_engine::{Error, Options, Store};
 
 /// Real files, with fsyncs counted and optionally failing.
@@ -47,38 +46,10 @@ impl StorageFile for FaultyFile {
     }
 }
 
-#[derive(Debug)]
-struct FaultyStorage(Arc<Faulty>);
-
-impl Storage for FaultyStorage {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
-        Ok(Arc::new(FaultyFile { inner: StdStorage.open(path, mode)?, faults: self.0.clone() }))
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        StdStorage.list(dir)
-    }
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        StdStorage.create_dir_all(dir)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        StdStorage.rename(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        StdStorage.remove_file(path)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        StdStorage.sync_dir(dir)
-    }
-    fn exists(&self, path: &Path) -> io::Result<bool> {
-        StdStorage.exists(path)
-    }
-    fn try_lock(&self, path: &Path, owner: &str) -> io::Result<LockOutcome> {
-        StdStorage.try_lock(path, owner)
-    }
-}
-
 fn faulty_options(faults: &Arc<Faulty>) -> Options {
-    Options { storage: Arc::new(FaultyStorage(faults.clone())), ..small_options() }
+    let faults = faults.clone();
+    let wrap = move |inner| Arc::new(FaultyFile { inner, faults: faults.clone() }) as Arc<dyn StorageFile>;
+    Options { storage: Arc::new(WrapStorage(wrap)), ..small_options() }
 }
 
 #[test]

@@ -2,12 +2,14 @@
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lockstep_engine::format::{self, Superblock, SEGMENT_HEADER_REGION, SUPERBLOCK_COPY_LEN};
 use lockstep_engine::recovery::{self, ScanReport};
-use lockstep_engine::storage::StdStorage;
+use lockstep_engine::storage::{LockOutcome, OpenMode, StdStorage, Storage, StorageFile};
 use lockstep_engine::{Options, Store};
 
 pub const SMALL_SEGMENT: u64 = format::SEGMENT_SIZE_MIN;
@@ -76,5 +78,46 @@ pub fn rewrite_superblock(dir: &Path, edit: impl Fn(&mut Superblock)) {
     let path = dir.join(format::SUPERBLOCK_FILE);
     for i in 0..format::SUPERBLOCK_COPIES {
         write_at(&path, (i * SUPERBLOCK_COPY_LEN) as u64, &copy);
+    }
+}
+
+/// The real file system with every opened file wrapped by `wrap`: the way
+/// tests put a fault-injecting or instrumented file between the store and
+/// the disk while directories behave as usual.
+pub struct WrapStorage<W>(pub W);
+
+impl<W> std::fmt::Debug for WrapStorage<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrapStorage")
+    }
+}
+
+impl<W> Storage for WrapStorage<W>
+where
+    W: Fn(Arc<dyn StorageFile>) -> Arc<dyn StorageFile> + Send + Sync,
+{
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        Ok((self.0)(StdStorage.open(path, mode)?))
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        StdStorage.list(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        StdStorage.create_dir_all(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdStorage.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        StdStorage.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        StdStorage.sync_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        StdStorage.exists(path)
+    }
+    fn try_lock(&self, path: &Path, owner: &str) -> io::Result<LockOutcome> {
+        StdStorage.try_lock(path, owner)
     }
 }
