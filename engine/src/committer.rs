@@ -25,9 +25,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::error::{Error, Result};
 use crate::files::{self, SegmentStart};
 use crate::format::{
-    block_seed, finished_block_len, segment_data_len, BlockBuilder, Fingerprint, Seal, SegmentDigester, Superblock,
-    BLOCK_HEADER_LEN, BLOCK_LEN_MAX, SEAL_REGION, SEGMENT_HEADER_REGION,
+    block_seed, finished_block_len, record_len, segment_data_len, verify_block, BlockBuilder, Fingerprint, Seal,
+    SegmentDigester, Superblock, BLOCK_HEADER_LEN, BLOCK_LEN_MAX, RECORD_KIND_DELETE, SEAL_REGION,
+    SEGMENT_HEADER_REGION,
 };
+use crate::replica::LogBlock;
 use crate::storage::{StorageFile, SyncTicket};
 use crate::store::{lock, write, Loc, SegmentFile, Shared};
 
@@ -138,18 +140,21 @@ pub(crate) enum Cmd {
     /// A buffered write opened a block: write it out within
     /// [`BUFFERED_FLUSH_INTERVAL`] unless something else does first.
     FlushSoon,
+    /// Append a block received from the primary durably.
+    Replicated(LogBlock, Sender<Result<()>>),
 }
 
 impl Cmd {
     fn len(&self) -> usize {
         match self {
             Cmd::Write(w, _) => w.records.len(),
+            Cmd::Replicated(b, _) => b.bytes.len(),
             Cmd::Sync(_) | Cmd::FlushSoon => 0,
         }
     }
 
     fn reply(self, result: Result<()>) {
-        if let Cmd::Write(_, reply) | Cmd::Sync(reply) = self {
+        if let Cmd::Write(_, reply) | Cmd::Sync(reply) | Cmd::Replicated(_, reply) = self {
             // A writer that gave up waiting is not an error of the committer.
             let _ = reply.send(result);
         }
@@ -213,6 +218,24 @@ pub(crate) struct LogWriter {
 
 type IndexUpdate = (Bytes, Option<Loc>);
 
+/// Where the log would end after the received blocks checked so far.
+struct Cursor {
+    position: u64,
+    fingerprint: Fingerprint,
+    segment: u64,
+    /// Free bytes left in `segment`.
+    room: usize,
+}
+
+/// A received block that verified: whether it starts a new segment, its
+/// records (key, offset in the block, length, is a delete), and the log
+/// fingerprint after it.
+struct Checked {
+    rolls: bool,
+    records: Vec<(Bytes, u64, u32, bool)>,
+    fingerprint: Fingerprint,
+}
+
 impl std::fmt::Debug for LogWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogWriter")
@@ -265,6 +288,10 @@ impl Committer {
                 }
             };
             let group = self.gather(first);
+            if group.iter().any(|cmd| matches!(cmd, Cmd::Replicated(..))) {
+                self.submit_replicated(group, &mut waiting);
+                continue;
+            }
             let requests: Vec<&WriteRequest> =
                 group.iter().filter_map(|cmd| if let Cmd::Write(w, _) = cmd { Some(w) } else { None }).collect();
             let submitted = lock(&self.writer).submit(&requests);
@@ -292,6 +319,49 @@ impl Committer {
             self.complete_oldest(&mut waiting);
         }
         lock(&self.writer).finish()
+    }
+
+    /// Appends the received blocks of `group` (in order, up to the first
+    /// refused one) with one fdatasync; local writes in the same group are
+    /// refused: a store that receives a replicated log takes no others.
+    fn submit_replicated(&self, group: Vec<Cmd>, waiting: &mut VecDeque<Waiting>) {
+        let blocks: Vec<&LogBlock> =
+            group.iter().filter_map(|cmd| if let Cmd::Replicated(b, _) = cmd { Some(b) } else { None }).collect();
+        let submitted = lock(&self.writer).submit_replicated(&blocks);
+        let (end, updates, accepted, refusal) = match submitted {
+            Ok(outcome) => outcome,
+            Err(reason) => {
+                for cmd in group {
+                    cmd.reply(Err(Error::Poisoned { reason: reason.clone() }));
+                }
+                return;
+            }
+        };
+        let (mut index, mut answered) = (0, Vec::new());
+        for cmd in group {
+            match cmd {
+                Cmd::Replicated(..) if index < accepted => {
+                    index += 1;
+                    answered.push(cmd);
+                }
+                Cmd::Replicated(ref block, _) => {
+                    let at = block.position;
+                    let reason = match &refusal {
+                        Some(Error::BadBlock { position, reason }) if *position == at => reason.clone(),
+                        _ => "an earlier block of the same batch was refused".into(),
+                    };
+                    cmd.reply(Err(Error::BadBlock { position: at, reason }));
+                }
+                Cmd::Write(..) => cmd.reply(Err(Error::InvalidArgument(
+                    "this store receives a replicated log; write through the primary".into(),
+                ))),
+                Cmd::Sync(_) | Cmd::FlushSoon => answered.push(cmd),
+            }
+        }
+        waiting.push_back(Waiting { end, group: answered, updates });
+        if lock(&self.writer).inflight.front().is_none_or(|(ticket, _)| ticket.is_done()) {
+            self.complete_oldest(waiting);
+        }
     }
 
     /// `first` and whatever else is queued, up to [`GROUP_BYTES_MAX`].
@@ -380,6 +450,108 @@ impl LogWriter {
             Ok(Vec::new())
         })?;
         Ok((self.position, updates))
+    }
+
+    /// Verifies received blocks in order and writes the longest prefix that
+    /// continues this log, submitting the last with its fdatasync. Returns
+    /// the log end to wait for, the index updates, how many blocks were
+    /// accepted, and why the next one was refused, if one was. A refusal
+    /// changes nothing; an I/O failure poisons the store.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn submit_replicated(
+        &mut self,
+        blocks: &[&LogBlock],
+    ) -> Result<(u64, Vec<IndexUpdate>, usize, Option<Error>), String> {
+        if let Some(reason) = lock(&self.shared.poisoned).clone() {
+            return Err(reason);
+        }
+        let mut cursor = Cursor {
+            position: self.position,
+            fingerprint: self.fingerprint,
+            segment: self.active.number,
+            room: self.segment_room(),
+        };
+        let mut checked = Vec::with_capacity(blocks.len());
+        let mut refusal = None;
+        for block in blocks {
+            match self.check_replicated(&mut cursor, block) {
+                Ok(c) => checked.push(c),
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
+            }
+        }
+        let accepted = checked.len();
+        let mut updates = Vec::new();
+        self.commit_with(|writer| {
+            for (i, (block, check)) in blocks.iter().zip(checked).enumerate() {
+                if check.rolls {
+                    writer.roll()?;
+                }
+                let file_offset = SEGMENT_HEADER_REGION + (writer.position - writer.active.first_position);
+                writer.active.digester.update(&block.bytes);
+                let end = writer.position + block.bytes.len() as u64;
+                if i + 1 == accepted {
+                    let ticket = writer.file.submit_write_and_sync(block.bytes.clone(), file_offset);
+                    writer.inflight.push_back((ticket, end));
+                } else {
+                    writer.file.write_all_at(&block.bytes, file_offset).map_err(Error::io("writing a commit block"))?;
+                }
+                updates.extend(check.records.into_iter().map(|(key, offset, len, delete)| {
+                    let loc = Loc { segment: block.segment, offset: file_offset + offset, len };
+                    (key, (!delete).then_some(loc))
+                }));
+                writer.position = end;
+                writer.fingerprint = check.fingerprint;
+            }
+            Ok(Vec::new())
+        })?;
+        self.prepare_spare_when_half_full();
+        Ok((self.position, updates, accepted, refusal))
+    }
+
+    /// Checks that `block` continues the log at `cursor` and verifies it in
+    /// full; advances the cursor past it.
+    fn check_replicated(&self, cursor: &mut Cursor, block: &LogBlock) -> Result<Checked> {
+        let refuse = |reason: String| Error::BadBlock { position: block.position, reason };
+        if block.position != cursor.position {
+            return Err(refuse(format!("this log ends at position {}; blocks must arrive in order", cursor.position)));
+        }
+        let rolls = block.segment != cursor.segment;
+        if rolls && block.segment != cursor.segment + 1 {
+            return Err(refuse(format!(
+                "it is for segment {}, but the active segment is {}",
+                block.segment, cursor.segment
+            )));
+        }
+        let seed = block_seed(&self.superblock.store_id, block.segment, block.position);
+        let verified =
+            verify_block(&block.bytes, block.position, seed, self.shared.record_seed, Some(cursor.fingerprint))
+                .map_err(|e| refuse(format!("it failed verification: {e}")))?;
+        let len = block.bytes.len();
+        if verified.header.len as usize != len {
+            return Err(refuse(format!("it is {len} bytes long, but its header says {}", verified.header.len)));
+        }
+        let room = if rolls { segment_data_len(self.superblock.segment_size) as usize } else { cursor.room };
+        if len > room {
+            return Err(refuse(format!("it is {len} bytes long, but segment {} has room for {room}", block.segment)));
+        }
+        let records = verified
+            .records
+            .iter()
+            .map(|(offset, r)| {
+                let len = record_len(r.key.len(), r.value.len()) as u32;
+                (Bytes::copy_from_slice(r.key), *offset as u64, len, r.kind == RECORD_KIND_DELETE)
+            })
+            .collect();
+        *cursor = Cursor {
+            position: cursor.position + len as u64,
+            fingerprint: verified.fingerprint,
+            segment: block.segment,
+            room: room - len,
+        };
+        Ok(Checked { rolls, records, fingerprint: verified.fingerprint })
     }
 
     /// Waits for the oldest write + sync in flight and returns the durable
@@ -607,7 +779,8 @@ impl LogWriter {
             None => files::prepare_segment(&*self.shared.storage, &self.shared.dir, start.number, sb.segment_size)?,
         };
         files::activate_segment(&*file, &start)?;
-        write(&self.shared.segments).insert(start.number, SegmentFile::new(file.clone()));
+        write(&self.shared.segments)
+            .insert(start.number, SegmentFile::new(file.clone(), start.first_position, start.fingerprint));
         self.file = file;
         self.active = ActiveSegment {
             number: start.number,

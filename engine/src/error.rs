@@ -60,6 +60,11 @@ pub enum Error {
     #[error("the store stopped accepting writes after an I/O failure ({reason}); reopen it to recover")]
     Poisoned { reason: String },
 
+    /// A block received from the peer does not continue this log or fails
+    /// verification. Nothing of it was written.
+    #[error("the replicated block at log position {position} was refused: {reason}; nothing of it was written")]
+    BadBlock { position: u64, reason: String },
+
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
@@ -105,7 +110,7 @@ impl Error {
             | Error::IncompatibleFeature { .. }
             | Error::ForeignSegment { .. }
             | Error::SegmentSequence { .. } => 78,
-            Error::Corruption { .. } => 65,
+            Error::Corruption { .. } | Error::BadBlock { .. } => 65,
             Error::NotAStore { .. } | Error::AlreadyExists { .. } | Error::InvalidArgument(_) => 64,
             Error::Locked { .. } => 75,
             Error::ReadOnly | Error::Poisoned { .. } | Error::Closed | Error::Io { .. } => 74,

@@ -25,6 +25,7 @@ pub mod format;
 mod index;
 mod mmap;
 pub mod recovery;
+mod replica;
 pub mod storage;
 mod store;
 #[cfg(target_os = "linux")]
@@ -32,4 +33,5 @@ pub mod uring;
 
 pub use error::{Corruption, Error, Result};
 pub use format::{Fingerprint, NodeId, StoreId, FORMAT_VERSION};
+pub use replica::LogBlock;
 pub use store::{Durability, Options, Scan, Store, StoreInfo, WriteBatch};

@@ -173,7 +173,7 @@ impl Drop for WaitingWriter<'_> {
 /// A lockstep store on one machine. `Send + Sync`: share it as `Arc<Store>`.
 #[derive(Debug)]
 pub struct Store {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     durability: Durability,
     writer: Arc<Mutex<LogWriter>>,
     tx: Option<Sender<Cmd>>,
@@ -312,7 +312,8 @@ impl Store {
         for seg in &report.segments {
             let mode = if Some(seg.number) == last { OpenMode::ReadWrite } else { OpenMode::Read };
             let file = storage.open(&seg.path, mode).map_err(Error::io(format!("opening {}", seg.path.display())))?;
-            segments.insert(seg.number, SegmentFile::new(file));
+            segments
+                .insert(seg.number, SegmentFile::new(file, seg.header.first_position, seg.header.start_fingerprint));
         }
         let mut spare = match report.spare {
             Some(n) => {
@@ -346,7 +347,7 @@ impl Store {
                     None => files::prepare_segment(&*storage, &dir, start.number, sb.segment_size)?,
                 };
                 files::activate_segment(&*file, &start)?;
-                segments.insert(start.number, SegmentFile::new(file));
+                segments.insert(start.number, SegmentFile::new(file, start.first_position, start.fingerprint));
                 ActiveSegment {
                     number: start.number,
                     first_position: start.first_position,
@@ -476,16 +477,13 @@ impl Store {
         committer::wait(&done, if waiting.alone { Wait::LoneDurable } else { Wait::SharedDurable })
     }
 
-    fn send(&self, cmd: Cmd) -> Result<()> {
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<()> {
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         tx.send(cmd).map_err(|_| Error::Closed)
     }
 
     fn check_poisoned(&self) -> Result<()> {
-        match &*lock(&self.shared.poisoned) {
-            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
-            None => Ok(()),
-        }
+        self.shared.check_poisoned()
     }
 
     /// Makes every earlier write durable.
@@ -604,17 +602,21 @@ impl Shared {
 pub(crate) struct SegmentFile {
     pub file: Arc<dyn StorageFile>,
     map: Option<Bytes>,
+    /// The log position where the segment's data area starts.
+    pub first_position: u64,
+    /// The log fingerprint at `first_position` (from the segment header).
+    pub start_fingerprint: Fingerprint,
 }
 
 impl SegmentFile {
-    pub(crate) fn new(file: Arc<dyn StorageFile>) -> SegmentFile {
+    pub(crate) fn new(file: Arc<dyn StorageFile>, first_position: u64, start_fingerprint: Fingerprint) -> SegmentFile {
         let map = file.map();
-        SegmentFile { file, map }
+        SegmentFile { file, map, first_position, start_fingerprint }
     }
 
     /// `len` bytes at `offset`: a slice of the map (no copy, no system
     /// call), or read from the file.
-    fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    pub(crate) fn read(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
         if let Some(map) = &self.map {
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             return match start.checked_add(len).filter(|&end| end <= map.len()) {

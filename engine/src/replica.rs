@@ -1,0 +1,114 @@
+//! The hooks replication needs, without knowing why: read durable commit
+//! blocks from a log position, the log fingerprint at a position, and append
+//! a block received from the peer at the same position in the same segment,
+//! so both sites' segment files stay byte-identical.
+//!
+//! Invariants:
+//! * Only durable blocks are read, and every block read is verified (header,
+//!   digest, records) before it is returned: corrupt bytes are never shipped.
+//! * A received block is verified in full — position, segment, digest,
+//!   records and the fingerprint chain from this log's end — before any byte
+//!   of it is written; a block that fails is refused without poisoning the
+//!   store, so a bad frame from the network loses nothing.
+
+use bytes::Bytes;
+
+use crate::committer::{Cmd, Wait};
+use crate::error::{Error, Result};
+use crate::files;
+use crate::format::{block_seed, verify_block, BlockHeader, Fingerprint, BLOCK_HEADER_LEN, SEGMENT_HEADER_REGION};
+use crate::store::{lock, read_segments, SegmentFile, Shared, Store};
+
+/// A commit block as it lies in the log: its segment, log position and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogBlock {
+    pub segment: u64,
+    pub position: u64,
+    pub bytes: Bytes,
+}
+
+impl Store {
+    /// Durable blocks starting at `from` (a block boundary), in log order:
+    /// at least one if any is durable there, and no more once `max_bytes`
+    /// are gathered. Empty when `from` is the durable end.
+    pub fn read_blocks(&self, from: u64, max_bytes: usize) -> Result<Vec<LogBlock>> {
+        let end = self.info().durable_end;
+        if from > end {
+            return Err(Error::InvalidArgument(format!(
+                "log position {from} is beyond the durable end of the log ({end})"
+            )));
+        }
+        let (mut blocks, mut pos, mut total) = (Vec::new(), from, 0);
+        while pos < end && (blocks.is_empty() || total < max_bytes) {
+            let (block, _) = self.shared.block_at(pos, None)?;
+            pos += block.bytes.len() as u64;
+            total += block.bytes.len();
+            blocks.push(block);
+        }
+        Ok(blocks)
+    }
+
+    /// The log fingerprint after the block that ends at `position`, if
+    /// `position` is a block boundary at or below the durable end. Reads and
+    /// verifies the chain from the start of the segment holding `position`.
+    pub fn fingerprint_at(&self, position: u64) -> Result<Option<Fingerprint>> {
+        if position > self.info().durable_end {
+            return Ok(None);
+        }
+        let (_, segment) = self.shared.segment_holding(position)?;
+        let (mut pos, mut fingerprint) = (segment.first_position, segment.start_fingerprint);
+        while pos < position {
+            let (block, after) = self.shared.block_at(pos, Some(fingerprint))?;
+            pos += block.bytes.len() as u64;
+            fingerprint = after;
+        }
+        Ok((pos == position).then_some(fingerprint))
+    }
+
+    /// Appends a block received from the primary: it must continue this
+    /// log exactly (position, segment, fingerprint chain) and verify in
+    /// full. Durable and visible to readers on return. A refused block
+    /// changes nothing ([`Error::BadBlock`]).
+    pub fn append_replicated(&self, block: LogBlock) -> Result<()> {
+        let (reply, done) = crossbeam_channel::bounded(1);
+        self.send(Cmd::Replicated(block, reply))?;
+        crate::committer::wait(&done, Wait::SharedDurable)
+    }
+}
+
+impl Shared {
+    /// The segment whose data area holds `position` (or starts there).
+    pub(crate) fn segment_holding(&self, position: u64) -> Result<(u64, SegmentFile)> {
+        read_segments(self)
+            .iter()
+            .rev()
+            .find(|(_, s)| s.first_position <= position)
+            .map(|(n, s)| (*n, s.clone()))
+            .ok_or_else(|| Error::InvalidArgument(format!("no segment of this store holds log position {position}")))
+    }
+
+    /// The block at `position`, verified (and chained from `prev`, if
+    /// given), with the fingerprint after it.
+    fn block_at(&self, position: u64, prev: Option<Fingerprint>) -> Result<(LogBlock, Fingerprint)> {
+        let (number, segment) = self.segment_holding(position)?;
+        let offset = SEGMENT_HEADER_REGION + (position - segment.first_position);
+        let path = || files::segment_path(&self.dir, number);
+        let io = |e| Error::Io { context: format!("reading {}", path().display()), source: e };
+        let seed = block_seed(&self.store_id, number, position);
+        let header = segment.read(offset, BLOCK_HEADER_LEN).map_err(io)?;
+        let header = BlockHeader::decode(&header, seed).map_err(|e| Error::corruption(path(), offset, e))?;
+        let bytes = segment.read(offset, header.len as usize).map_err(io)?;
+        let verified = verify_block(&bytes, position, seed, self.record_seed, prev)
+            .map_err(|e| Error::corruption(path(), offset, e))?;
+        let fingerprint = verified.fingerprint;
+        Ok((LogBlock { segment: number, position, bytes }, fingerprint))
+    }
+
+    /// Refuses further writes if the store is poisoned.
+    pub(crate) fn check_poisoned(&self) -> Result<()> {
+        match &*lock(&self.poisoned) {
+            Some(reason) => Err(Error::Poisoned { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
+}

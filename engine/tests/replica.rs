@@ -1,0 +1,158 @@
+//! The engine's replication hooks: a second store fed with the blocks read
+//! from a first ends up with byte-identical segment files, the same
+//! fingerprint and the same data; a block that does not continue the log or
+//! fails verification is refused and changes nothing.
+
+mod common;
+
+use std::path::Path;
+
+use common::{open_small, small_options};
+use lockstep_engine::{Error, LogBlock, Options, Store, WriteBatch};
+
+/// A store bound to `primary`'s store id, empty.
+fn second_site(primary: &Store, dir: &Path) -> Store {
+    let options = Options { store_id: Some(primary.info().store_id), ..small_options() };
+    Store::open(dir, options).expect("open second site")
+}
+
+/// Writes enough records to fill several small segments.
+fn fill(store: &Store, from: usize, to: usize) {
+    for i in from..to {
+        let mut batch = WriteBatch::new();
+        batch.put(format!("key/{i:05}"), vec![i as u8; 700]);
+        if i % 7 == 0 {
+            batch.delete(format!("key/{:05}", i / 2));
+        }
+        store.write(batch).expect("write");
+    }
+}
+
+/// Ships every block from `from` to the end of `primary` into `secondary`.
+fn ship_all(primary: &Store, secondary: &Store) {
+    loop {
+        let from = secondary.info().durable_end;
+        let blocks = primary.read_blocks(from, 64 << 10).expect("read blocks");
+        if blocks.is_empty() {
+            return;
+        }
+        for block in blocks {
+            secondary.append_replicated(block).expect("append replicated block");
+        }
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read segment")))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_replicated_log_is_byte_identical_and_readable() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let primary = open_small(a.path());
+    let secondary = second_site(&primary, b.path());
+    fill(&primary, 0, 150);
+    ship_all(&primary, &secondary);
+    fill(&primary, 150, 300);
+    ship_all(&primary, &secondary);
+
+    let (p, s) = (primary.info(), secondary.info());
+    assert!(p.segments >= 3, "the test must cross segment boundaries ({} segments)", p.segments);
+    assert_eq!((s.log_end, s.fingerprint, s.segments, s.keys), (p.log_end, p.fingerprint, p.segments, p.keys));
+    let expected: Vec<_> = primary.scan_prefix("").expect("scan").map(|r| r.expect("item")).collect();
+    let replicated: Vec<_> = secondary.scan_prefix("").expect("scan").map(|r| r.expect("item")).collect();
+    assert_eq!(replicated, expected);
+    assert_eq!(secondary.fingerprint_at(p.log_end).expect("fingerprint"), Some(p.fingerprint));
+
+    primary.close().expect("close");
+    secondary.close().expect("close");
+    let (pa, sb) = (segment_files(a.path()), segment_files(b.path()));
+    assert_eq!(pa.len(), sb.len());
+    for ((name_a, bytes_a), (name_b, bytes_b)) in pa.iter().zip(&sb) {
+        assert_eq!(name_a, name_b);
+        assert!(bytes_a == bytes_b, "{name_a} differs between the two sites");
+    }
+    // And the copy reopens, with the same end.
+    let reopened = open_small(b.path());
+    assert_eq!(reopened.info().fingerprint, p.fingerprint);
+}
+
+#[test]
+fn fingerprint_at_knows_every_block_boundary_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    assert_eq!(store.fingerprint_at(0).expect("genesis"), Some(store.info().fingerprint));
+    fill(&store, 0, 150);
+    let blocks = store.read_blocks(0, usize::MAX).expect("read all");
+    let end: u64 = blocks.iter().map(|b| b.bytes.len() as u64).sum();
+    assert_eq!(end, store.info().durable_end);
+    // A replay of the first blocks gives the fingerprint at each boundary.
+    let replica_dir = tempfile::tempdir().expect("tempdir");
+    let replica = second_site(&store, replica_dir.path());
+    for block in blocks.iter().take(40) {
+        replica.append_replicated(block.clone()).expect("append");
+        let info = replica.info();
+        assert_eq!(store.fingerprint_at(info.log_end).expect("lookup"), Some(info.fingerprint));
+    }
+    assert_eq!(store.fingerprint_at(blocks[1].position + 8).expect("lookup"), None, "not a block boundary");
+    assert_eq!(store.fingerprint_at(end + 1).expect("lookup"), None, "beyond the end");
+}
+
+#[test]
+fn blocks_that_do_not_continue_the_log_are_refused_and_change_nothing() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let primary = open_small(a.path());
+    let secondary = second_site(&primary, b.path());
+    fill(&primary, 0, 20);
+    let blocks = primary.read_blocks(0, usize::MAX).expect("read");
+    let refused = |block: LogBlock, what: &str| {
+        let before = secondary.info();
+        match secondary.append_replicated(block) {
+            Err(Error::BadBlock { reason, .. }) => assert!(reason.contains(what), "{reason}"),
+            other => panic!("expected a refusal naming {what:?}, got {other:?}"),
+        }
+        let after = secondary.info();
+        assert_eq!((after.log_end, after.fingerprint, after.keys), (before.log_end, before.fingerprint, before.keys));
+    };
+
+    refused(blocks[1].clone(), "blocks must arrive in order");
+    let mut flipped = blocks[0].clone();
+    let mut bytes = flipped.bytes.to_vec();
+    bytes[60] ^= 1;
+    flipped.bytes = bytes.into();
+    refused(flipped, "failed verification");
+    let mut wrong_segment = blocks[0].clone();
+    wrong_segment.segment += 5;
+    refused(wrong_segment, "the active segment is");
+    let mut padded = blocks[0].clone();
+    padded.bytes = [&blocks[0].bytes[..], &[0u8; 8]].concat().into();
+    refused(padded, "its header says");
+
+    // A block of another store with the same shape: the seeded checksums fail.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = open_small(other_dir.path());
+    fill(&other, 0, 1);
+    refused(other.read_blocks(0, 1).expect("read").remove(0), "failed verification");
+
+    // None of that poisoned the store: the right block is still taken.
+    secondary.append_replicated(blocks[0].clone()).expect("the right block");
+    assert_eq!(secondary.info().log_end, blocks[0].position + blocks[0].bytes.len() as u64);
+}
+
+#[test]
+fn a_store_receiving_a_replicated_log_reads_what_it_holds() {
+    let (a, b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let primary = open_small(a.path());
+    let secondary = second_site(&primary, b.path());
+    primary.put("patient/17", "allergy: penicillin").expect("put");
+    ship_all(&primary, &secondary);
+    assert_eq!(secondary.get("patient/17").expect("get").as_deref(), Some(&b"allergy: penicillin"[..]));
+    assert!(primary.read_blocks(primary.info().durable_end + 1, 1).is_err(), "beyond the durable end");
+}

@@ -1,0 +1,206 @@
+//! The compatibility rules two nodes apply to each other's [`Hello`] on every
+//! connect: a pure function from both Hellos (and, on the primary, whether
+//! the secondary's log end lies on its own fingerprint chain) to a
+//! [`Verdict`]. A refusal names the setting, both values and the fix.
+
+use crate::protocol::{Hello, Role, Verdict};
+
+/// What the primary found when it looked up the secondary's log end in its
+/// own log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// The secondary's log is a prefix of the primary's (equal or behind).
+    Prefix,
+    /// The secondary holds more than the primary.
+    Ahead,
+    /// The primary's log at the secondary's end position has another
+    /// fingerprint (or that position is not a block boundary there).
+    Diverged,
+    /// Not checked (the secondary judges without the primary's log).
+    Unknown,
+}
+
+/// The protocol version two ranges agree on: the highest both support.
+pub fn agreed_version(a: &Hello, b: &Hello) -> Option<u16> {
+    let version = a.protocol_max.min(b.protocol_max);
+    (version >= a.protocol_min.max(b.protocol_min)).then_some(version)
+}
+
+/// Judges the peer's Hello against ours. `history` is what the primary found
+/// about the secondary's log (the secondary passes [`History::Unknown`]).
+pub fn judge(ours: &Hello, peer: &Hello, history: History) -> Verdict {
+    match refusal(ours, peer, history) {
+        Some(reason) => Verdict::Refuse { reason },
+        None => match agreed_version(ours, peer) {
+            Some(version) => Verdict::Accept { version },
+            None => Verdict::Refuse { reason: "protocol ranges do not overlap".into() },
+        },
+    }
+}
+
+fn refusal(ours: &Hello, peer: &Hello, history: History) -> Option<String> {
+    let (me, them) = (ours.role.name(), peer.role.name());
+    if agreed_version(ours, peer).is_none() {
+        return Some(format!(
+            "protocol versions do not overlap: this node ({me}, lockstep {}) speaks {}..={}, the peer ({them}, lockstep {}) \
+             speaks {}..={}; run the same lockstep release on both nodes",
+            ours.software_version,
+            ours.protocol_min,
+            ours.protocol_max,
+            peer.software_version,
+            peer.protocol_min,
+            peer.protocol_max
+        ));
+    }
+    if ours.format_version != peer.format_version {
+        return Some(format!(
+            "on-disk format versions differ: this node ({me}) uses format v{}, the peer ({them}) format v{}; \
+             upgrade the older store with `lockstep upgrade` so both use the same format",
+            ours.format_version, peer.format_version
+        ));
+    }
+    if ours.store_id != peer.store_id {
+        return Some(format!(
+            "store ids differ: this node ({me}) holds store {}, the peer ({them}) store {}; \
+             create the second site with `lockstep init DIR --store-id {}`",
+            ours.store_id,
+            peer.store_id,
+            if ours.role == Role::Primary { ours.store_id } else { peer.store_id }
+        ));
+    }
+    if ours.settings != peer.settings {
+        return Some(format!(
+            "store settings differ (segment size or checksum algorithm): this node ({me}) has settings hash {:#018x}, \
+             the peer ({them}) {:#018x}; `lockstep inspect` on both shows the values — recreate the second site with \
+             the first site's settings",
+            ours.settings, peer.settings
+        ));
+    }
+    if ours.auth != peer.auth {
+        let (with, without) = if ours.auth { (me, them) } else { (them, me) };
+        return Some(format!(
+            "authentication is configured on one side only: the {with} has --auth-key-file, the {without} has none; \
+             give both nodes the same key file"
+        ));
+    }
+    if ours.role == peer.role {
+        return Some(format!(
+            "both nodes claim the role {me} (this node at epoch {}, the peer at epoch {}); start one of them with \
+             --role {}",
+            ours.epoch,
+            peer.epoch,
+            if ours.role == Role::Primary { "secondary" } else { "primary" }
+        ));
+    }
+    let (primary, secondary) = if ours.role == Role::Primary { (ours, peer) } else { (peer, ours) };
+    if secondary.epoch > primary.epoch {
+        return Some(format!(
+            "the secondary is at epoch {}, ahead of the primary at epoch {}: the secondary was promoted since; \
+             restart the old primary with --role secondary so it rejoins",
+            secondary.epoch, primary.epoch
+        ));
+    }
+    match history {
+        History::Prefix | History::Unknown => None,
+        History::Ahead => Some(format!(
+            "the secondary's log ends at position {} (fingerprint {}), beyond the primary's end {} (fingerprint {}): \
+             it holds writes the primary does not; inspect both with `lockstep inspect` before anything is discarded",
+            secondary.log_end, secondary.fingerprint, primary.log_end, primary.fingerprint
+        )),
+        History::Diverged => Some(format!(
+            "the secondary's log (end {}, fingerprint {}) is not a prefix of the primary's (end {}, fingerprint {}): \
+             the two histories diverged; compare them with `lockstep inspect` — the secondary must be rebuilt or \
+             its divergent tail exported and truncated",
+            secondary.log_end, secondary.fingerprint, primary.log_end, primary.fingerprint
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{PeerLoss, SyncLevel, NONCE_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+    use lockstep_engine::{Fingerprint, NodeId, StoreId};
+
+    fn node(role: Role) -> Hello {
+        Hello {
+            protocol_min: PROTOCOL_VERSION_MIN,
+            protocol_max: PROTOCOL_VERSION,
+            format_version: 1,
+            store_id: StoreId([1; 16]),
+            node_id: NodeId([role as u8; 16]),
+            role,
+            epoch: 1,
+            log_end: 0,
+            fingerprint: Fingerprint(0),
+            commit_position: 0,
+            settings: 42,
+            sync: SyncLevel::Durable,
+            peer_loss: PeerLoss::Block,
+            auth: false,
+            nonce: [0; NONCE_LEN],
+            software_version: "0.1.0".into(),
+        }
+    }
+
+    fn refused(ours: &Hello, peer: &Hello, history: History) -> String {
+        match judge(ours, peer, history) {
+            Verdict::Refuse { reason } => reason,
+            Verdict::Accept { version } => panic!("accepted at version {version}"),
+        }
+    }
+
+    #[test]
+    fn matching_nodes_agree_on_the_highest_common_version() {
+        let (p, mut s) = (node(Role::Primary), node(Role::Secondary));
+        assert_eq!(judge(&p, &s, History::Prefix), Verdict::Accept { version: PROTOCOL_VERSION });
+        s.protocol_max = PROTOCOL_VERSION + 1; // one version newer, range still overlaps
+        assert_eq!(judge(&p, &s, History::Prefix), Verdict::Accept { version: PROTOCOL_VERSION });
+        assert_eq!(judge(&s, &p, History::Unknown), Verdict::Accept { version: PROTOCOL_VERSION });
+    }
+
+    #[test]
+    fn each_mismatch_is_refused_naming_both_values() {
+        let p = node(Role::Primary);
+        let mut s = node(Role::Secondary);
+        s.protocol_min = PROTOCOL_VERSION + 1;
+        s.protocol_max = PROTOCOL_VERSION + 2;
+        let reason = refused(&p, &s, History::Prefix);
+        assert!(
+            reason.contains("do not overlap")
+                && reason.contains(&format!("{}..={}", PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2))
+        );
+
+        let mut s = node(Role::Secondary);
+        s.format_version = 2;
+        let reason = refused(&p, &s, History::Prefix);
+        assert!(reason.contains("format v1") && reason.contains("format v2"), "{reason}");
+
+        let mut s = node(Role::Secondary);
+        s.store_id = StoreId([2; 16]);
+        let reason = refused(&p, &s, History::Prefix);
+        assert!(reason.contains(&p.store_id.to_string()) && reason.contains(&s.store_id.to_string()), "{reason}");
+
+        let mut s = node(Role::Secondary);
+        s.settings = 43;
+        assert!(refused(&p, &s, History::Prefix).contains("settings differ"));
+
+        let mut s = node(Role::Secondary);
+        s.auth = true;
+        assert!(refused(&p, &s, History::Prefix).contains("one side only"));
+
+        let s = node(Role::Primary);
+        assert!(refused(&p, &s, History::Prefix).contains("both nodes claim the role primary"));
+
+        let mut s = node(Role::Secondary);
+        s.epoch = 2;
+        assert!(refused(&p, &s, History::Prefix).contains("epoch 2"));
+    }
+
+    #[test]
+    fn a_secondary_that_is_not_a_prefix_is_refused() {
+        let (p, s) = (node(Role::Primary), node(Role::Secondary));
+        assert!(refused(&p, &s, History::Diverged).contains("not a prefix"));
+        assert!(refused(&p, &s, History::Ahead).contains("beyond the primary's end"));
+    }
+}
