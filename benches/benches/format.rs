@@ -5,8 +5,10 @@
 //! `cargo bench -p lockstep-benches --bench format -- --quick`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use lockstep_engine::bench_support::BenchIndex;
 use lockstep_engine::format::{
-    block_seed, encode_record, genesis_fingerprint, record_seed, verify_block, BlockBuilder, StoreId, RECORD_KIND_PUT,
+    block_seed, decode_record, encode_record, genesis_fingerprint, record_seed, verify_block, BlockBuilder, StoreId,
+    RECORD_KIND_PUT,
 };
 use lockstep_engine::{Durability, Options, Store};
 
@@ -29,6 +31,11 @@ fn bench_format(c: &mut Criterion) {
             out.clear();
             encode_record(&mut out, 1, RECORD_KIND_PUT, b"key-000000000001", &[7u8; 100]);
         })
+    });
+    let mut one = Vec::new();
+    encode_record(&mut one, 1, RECORD_KIND_PUT, b"key-000000000001", &[7u8; 100]);
+    g.bench_function("decode_record_16b_key_100b_value", |b| {
+        b.iter(|| decode_record(std::hint::black_box(&one), 1).map(|(r, len)| (r.key.len(), len)))
     });
     let encoded = records(256);
     g.throughput(Throughput::Bytes(encoded.len() as u64));
@@ -79,5 +86,36 @@ fn bench_store(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_format, bench_store);
+fn bench_index(c: &mut Criterion) {
+    const KEYS: u64 = 1_000_000;
+    let key = |i: u64| format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut g = c.benchmark_group("index");
+    g.throughput(Throughput::Elements(1));
+    let index = BenchIndex::default();
+    for i in 0..KEYS {
+        index.insert(key(i).as_bytes(), i);
+    }
+    let keys: Vec<String> = (0..4096).map(|i| key(i * 241 % KEYS)).collect();
+    let mut n = 0usize;
+    g.bench_function("get_hit_1m_keys", |b| {
+        b.iter(|| {
+            n = (n + 1) % keys.len();
+            assert!(index.contains(keys[n].as_bytes()));
+        })
+    });
+    let mut next = KEYS;
+    g.bench_function("insert_into_1m_keys", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                (key(next), next)
+            },
+            |(k, n)| index.insert(k.as_bytes(), n),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_format, bench_store, bench_index);
 criterion_main!(benches);

@@ -35,3 +35,30 @@ pub use error::{Corruption, Error, Result};
 pub use format::{Fingerprint, NodeId, StoreId, FORMAT_VERSION};
 pub use replica::LogBlock;
 pub use store::{Durability, Options, Scan, Store, StoreInfo, WriteBatch};
+
+/// Access to the engine's private index for the criterion benchmarks in
+/// `benches/` only; not a stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    use crate::index::Index;
+    use crate::store::Loc;
+
+    /// An index whose entries point at made-up locations.
+    #[derive(Debug)]
+    pub struct BenchIndex(Index);
+
+    impl Default for BenchIndex {
+        fn default() -> Self {
+            BenchIndex(Index::new())
+        }
+    }
+
+    impl BenchIndex {
+        pub fn insert(&self, key: &[u8], n: u64) {
+            self.0.set(key, Some(Loc { segment: 0, offset: n, len: 128 }));
+        }
+        pub fn contains(&self, key: &[u8]) -> bool {
+            self.0.get(key).is_some()
+        }
+    }
+}
