@@ -298,13 +298,7 @@ impl Committer {
             match submitted {
                 Ok((end, updates)) => {
                     waiting.push_back(Waiting { end, group, updates });
-                    // A backend that completed the I/O already (std) has its
-                    // writers answered at once, not after the next block.
-                    let writer = lock(&self.writer);
-                    let full = writer.inflight.len() >= INFLIGHT_BLOCKS_MAX;
-                    let done = writer.inflight.front().is_none_or(|(ticket, _)| ticket.is_done());
-                    drop(writer);
-                    if full || done {
+                    if lock(&self.writer).should_wait_now() {
                         self.complete_oldest(&mut waiting);
                     }
                 }
@@ -359,7 +353,7 @@ impl Committer {
             }
         }
         waiting.push_back(Waiting { end, group: answered, updates });
-        if lock(&self.writer).inflight.front().is_none_or(|(ticket, _)| ticket.is_done()) {
+        if lock(&self.writer).should_wait_now() {
             self.complete_oldest(waiting);
         }
     }
@@ -610,6 +604,13 @@ impl LogWriter {
     fn segment_room(&self) -> usize {
         let used = self.position - self.active.first_position;
         (segment_data_len(self.superblock.segment_size) - used) as usize
+    }
+
+    /// Whether the committer should wait for the oldest block now rather
+    /// than build the next: the pipeline is full, or the oldest I/O already
+    /// ended (std), so its writers are answered at once, not after the next block.
+    fn should_wait_now(&self) -> bool {
+        self.inflight.len() >= INFLIGHT_BLOCKS_MAX || self.inflight.front().is_none_or(|(ticket, _)| ticket.is_done())
     }
 
     /// Waits for the oldest `n` write + sync pairs in flight (all if fewer).
