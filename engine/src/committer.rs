@@ -298,7 +298,7 @@ impl Committer {
             match submitted {
                 Ok((end, updates)) => {
                     waiting.push_back(Waiting { end, group, updates });
-                    if lock(&self.writer).should_wait_now() {
+                    if self.should_complete_now(&waiting) {
                         self.complete_oldest(&mut waiting);
                     }
                 }
@@ -353,8 +353,19 @@ impl Committer {
             }
         }
         waiting.push_back(Waiting { end, group: answered, updates });
-        if lock(&self.writer).should_wait_now() {
+        if self.should_complete_now(waiting) {
             self.complete_oldest(waiting);
+        }
+    }
+
+    /// Whether to complete the oldest group now rather than build the next.
+    /// With a replica, groups keep being built and shipped while earlier
+    /// ones wait for their acknowledgement, up to [`INFLIGHT_BLOCKS_MAX`];
+    /// the queue running dry also completes the oldest (see `run`).
+    fn should_complete_now(&self, waiting: &VecDeque<Waiting>) -> bool {
+        match self.shared.replica {
+            Some(_) => waiting.len() >= INFLIGHT_BLOCKS_MAX,
+            None => lock(&self.writer).should_wait_now(),
         }
     }
 
@@ -378,11 +389,19 @@ impl Committer {
     /// every group that is now durable, in log order. After a failure every
     /// group still waiting fails: none of them may be acknowledged.
     fn complete_oldest(&self, waiting: &mut VecDeque<Waiting>) {
-        let durable = lock(&self.writer).wait_oldest();
+        let mut durable = lock(&self.writer).wait_oldest();
+        if let (Ok(local), Some(replica), Some(oldest)) = (&durable, &self.shared.replica, waiting.front()) {
+            if oldest.end <= *local {
+                durable = match replica.wait_replicated(oldest.end) {
+                    Ok(replicated) => Ok(replicated.min(*local)),
+                    Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
+                };
+            }
+        }
         while let Some(next) = waiting.front() {
             if durable.as_ref().is_ok_and(|end| next.end > *end) {
-                // Still in flight; nothing in flight means nothing can be waiting.
-                debug_assert!(!lock(&self.writer).inflight.is_empty());
+                // Still in flight (locally, or waiting for the replica).
+                debug_assert!(self.shared.replica.is_some() || !lock(&self.writer).inflight.is_empty());
                 break;
             }
             let Some(done) = waiting.pop_front() else { break };
@@ -580,17 +599,7 @@ impl LogWriter {
         if let Some(reason) = lock(&self.shared.poisoned).clone() {
             return Err(reason);
         }
-        let updates = work(self).map_err(|e| {
-            let reason = e.to_string();
-            tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
-            *lock(&self.shared.poisoned) = Some(reason.clone());
-            // What is still in flight can no longer be acknowledged; wait
-            // for it only so that no I/O outlives the store.
-            for (ticket, _) in self.inflight.drain(..) {
-                let _ = ticket.wait();
-            }
-            reason
-        })?;
+        let updates = work(self).map_err(|e| self.poison(e.to_string()))?;
         self.shared.index.apply(&updates);
         let open_len = lock(&self.shared.open_block).as_ref().map_or(0, |b| b.builder.finished_len() as u64);
         let mut status = lock(&self.shared.status);
@@ -598,6 +607,18 @@ impl LogWriter {
         status.durable_end = self.durable_end;
         status.fingerprint = self.fingerprint;
         Ok(())
+    }
+
+    /// Refuses every later write with `reason` and returns it. What is
+    /// still in flight can no longer be acknowledged; it is waited for only
+    /// so that no I/O outlives the store.
+    pub(crate) fn poison(&mut self, reason: String) -> String {
+        tracing::error!("write failed, the store accepts no more writes until reopened: {reason}");
+        lock(&self.shared.poisoned).get_or_insert_with(|| reason.clone());
+        for (ticket, _) in self.inflight.drain(..) {
+            let _ = ticket.wait();
+        }
+        reason
     }
 
     /// Free bytes left in the active segment's data area.
@@ -672,8 +693,12 @@ impl LogWriter {
         let file_offset = SEGMENT_HEADER_REGION + (self.position - self.active.first_position);
         self.active.digester.update(&block);
         let end = self.position + block.len() as u64;
+        let block = Bytes::from(block);
+        if let Some(replica) = &self.shared.replica {
+            replica.ship(&LogBlock { segment, position: self.position, bytes: block.clone() });
+        }
         if sync {
-            self.inflight.push_back((self.file.submit_write_and_sync(Bytes::from(block), file_offset), end));
+            self.inflight.push_back((self.file.submit_write_and_sync(block, file_offset), end));
         } else {
             self.file.write_all_at(&block, file_offset).map_err(Error::io("writing a commit block"))?;
         }

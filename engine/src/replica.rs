@@ -19,6 +19,37 @@ use crate::files;
 use crate::format::{block_seed, verify_block, BlockHeader, Fingerprint, BLOCK_HEADER_LEN, SEGMENT_HEADER_REGION};
 use crate::store::{lock, read_segments, SegmentFile, Shared, Store};
 
+/// Where a primary's commit blocks go as they are built, and what its
+/// writers wait for before they are answered. Set in
+/// [`crate::Options::replica`]; the replicator implements it.
+///
+/// The committer calls [`Replica::ship`] with every commit block right after
+/// building it (before its local fdatasync, so the network and the remote
+/// fsync overlap the local one), and [`Replica::wait_replicated`] once a
+/// block is durable locally, before any reader or writer learns of it.
+pub trait Replica: Send + Sync + std::fmt::Debug {
+    /// Hands over a block just built. Must not block: a replica that cannot
+    /// take it now drops it and reads it from the log later.
+    fn ship(&self, block: &LogBlock);
+    /// Waits until the log up to `end` is replicated as the sync level
+    /// requires (or the replica decides to go on without its peer) and
+    /// returns the replicated end it knows (at least `end`). An error fails
+    /// the waiting writers and poisons the store: their bytes are in the
+    /// local log but were never acknowledged.
+    fn wait_replicated(&self, end: u64) -> std::result::Result<u64, String>;
+}
+
+/// A received block being appended: [`PendingAppend::wait`] returns once it
+/// is durable (or refused).
+#[derive(Debug)]
+pub struct PendingAppend(crossbeam_channel::Receiver<Result<()>>);
+
+impl PendingAppend {
+    pub fn wait(self) -> Result<()> {
+        crate::committer::wait(&self.0, Wait::SharedDurable)
+    }
+}
+
 /// A commit block as it lies in the log: its segment, log position and bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogBlock {
@@ -70,9 +101,15 @@ impl Store {
     /// full. Durable and visible to readers on return. A refused block
     /// changes nothing ([`Error::BadBlock`]).
     pub fn append_replicated(&self, block: LogBlock) -> Result<()> {
+        self.submit_replicated(block)?.wait()
+    }
+
+    /// Like [`Store::append_replicated`] without waiting: blocks submitted
+    /// back to back share one fdatasync. Answers come in submission order.
+    pub fn submit_replicated(&self, block: LogBlock) -> Result<PendingAppend> {
         let (reply, done) = crossbeam_channel::bounded(1);
         self.send(Cmd::Replicated(block, reply))?;
-        crate::committer::wait(&done, Wait::SharedDurable)
+        Ok(PendingAppend(done))
     }
 }
 

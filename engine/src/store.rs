@@ -58,6 +58,9 @@ pub struct Options {
     pub store_id: Option<StoreId>,
     /// Where files live: the real file system, or a simulated one in tests.
     pub storage: Arc<dyn Storage>,
+    /// Replicate every commit block and answer writers only once the
+    /// replica has it (see [`crate::Replica`]); `None` for a single site.
+    pub replica: Option<Arc<dyn crate::Replica>>,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             segment_size: format::SEGMENT_SIZE_DEFAULT,
             store_id: None,
             storage: crate::storage::default_storage(),
+            replica: None,
         }
     }
 }
@@ -148,6 +152,7 @@ pub(crate) struct Shared {
     pub open_block: Mutex<Option<OpenBlock>>,
     /// Writers waiting for the committer's answer right now.
     pub waiting_writers: AtomicUsize,
+    pub replica: Option<Arc<dyn crate::Replica>>,
 }
 
 /// Counts a writer as waiting for as long as it lives.
@@ -221,6 +226,11 @@ impl Store {
     /// damaged is refused (see docs/FORMAT.md).
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
+        if options.replica.is_some() && options.durability == Durability::Buffered {
+            return Err(Error::InvalidArgument(
+                "a replicated store answers writers only once the replica has them: use Durability::Sync".into(),
+            ));
+        }
         let storage = options.storage.clone();
         let superblock = dir.join(format::SUPERBLOCK_FILE);
         let exists = |storage: &dyn Storage| storage.exists(&superblock).map_err(Error::io("checking the superblock"));
@@ -239,7 +249,7 @@ impl Store {
             index.set(r.key, (r.kind == RECORD_KIND_PUT).then_some(loc));
         })?;
         Self::repair(&*storage, &dir, &report)?;
-        Self::start(dir, storage, options.durability, report, index, guard)
+        Self::start(dir, storage, &options, report, index, guard)
     }
 
     /// Creates a new store in `dir` (missing or empty) and returns its id.
@@ -301,7 +311,7 @@ impl Store {
     fn start(
         dir: PathBuf,
         storage: Arc<dyn Storage>,
-        durability: Durability,
+        options: &Options,
         mut report: ScanReport,
         index: Index,
         guard: LockGuard,
@@ -376,6 +386,7 @@ impl Store {
             poisoned: Mutex::new(None),
             open_block: Mutex::new(None),
             waiting_writers: AtomicUsize::new(0),
+            replica: options.replica.clone(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = LogWriter::new(shared.clone(), sb, active, spare, report.log_end, report.fingerprint)?;
@@ -385,7 +396,14 @@ impl Store {
             .name("lockstep-committer".into())
             .spawn(move || committer.run())
             .map_err(Error::io("starting the committer thread"))?;
-        Ok(Store { shared, durability, writer, tx: Some(tx), committer: Some(handle), _lock: guard })
+        Ok(Store {
+            shared,
+            durability: options.durability,
+            writer,
+            tx: Some(tx),
+            committer: Some(handle),
+            _lock: guard,
+        })
     }
 
     /// The longest record (key + value + header) this store accepts.

@@ -156,3 +156,109 @@ fn a_store_receiving_a_replicated_log_reads_what_it_holds() {
     assert_eq!(secondary.get("patient/17").expect("get").as_deref(), Some(&b"allergy: penicillin"[..]));
     assert!(primary.read_blocks(primary.info().durable_end + 1, 1).is_err(), "beyond the durable end");
 }
+
+/// A replica that records shipped blocks and acknowledges only what the
+/// test released (or fails every wait once told to).
+#[derive(Debug, Default)]
+struct GatedReplica {
+    state: std::sync::Mutex<Gate>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    shipped: Vec<LogBlock>,
+    released: u64,
+    fail: Option<String>,
+}
+
+impl lockstep_engine::Replica for GatedReplica {
+    fn ship(&self, block: &LogBlock) {
+        self.state.lock().expect("gate").shipped.push(block.clone());
+        self.changed.notify_all();
+    }
+    fn wait_replicated(&self, end: u64) -> Result<u64, String> {
+        let mut state = self.state.lock().expect("gate");
+        loop {
+            if let Some(reason) = &state.fail {
+                return Err(reason.clone());
+            }
+            if state.released >= end {
+                return Ok(state.released);
+            }
+            state = self.changed.wait(state).expect("gate");
+        }
+    }
+}
+
+impl GatedReplica {
+    fn update(&self, f: impl FnOnce(&mut Gate)) {
+        f(&mut self.state.lock().expect("gate"));
+        self.changed.notify_all();
+    }
+    fn wait_shipped(&self, n: usize) -> Vec<LogBlock> {
+        let mut state = self.state.lock().expect("gate");
+        while state.shipped.len() < n {
+            state = self.changed.wait(state).expect("gate");
+        }
+        state.shipped.clone()
+    }
+}
+
+#[test]
+fn a_write_is_answered_and_visible_only_once_the_replica_acknowledges_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = std::sync::Arc::new(GatedReplica::default());
+    let options = Options { replica: Some(replica.clone()), ..small_options() };
+    let store = std::sync::Arc::new(Store::open(dir.path(), options).expect("open"));
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.put("k", "v"))
+    };
+    let shipped = replica.wait_shipped(1);
+    // Durable locally, shipped, not acknowledged: invisible and unanswered.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!writer.is_finished(), "the writer was answered before the replica acknowledged");
+    assert_eq!(store.get("k").expect("get"), None, "a reader saw a write the replica does not have");
+    let end = shipped[0].position + shipped[0].bytes.len() as u64;
+    replica.update(|g| g.released = end);
+    writer.join().expect("writer thread").expect("put");
+    assert_eq!(store.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+
+    // The shipped blocks build a byte-identical second site.
+    let second_dir = tempfile::tempdir().expect("tempdir");
+    let second = second_site(&store, second_dir.path());
+    for block in shipped {
+        second.append_replicated(block).expect("append");
+    }
+    assert_eq!(second.info().fingerprint, store.info().fingerprint);
+}
+
+#[test]
+fn a_failed_replication_fails_the_writer_and_poisons_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = std::sync::Arc::new(GatedReplica::default());
+    let options = Options { replica: Some(replica.clone()), ..small_options() };
+    let store = std::sync::Arc::new(Store::open(dir.path(), options).expect("open"));
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.put("k", "v"))
+    };
+    replica.wait_shipped(1);
+    replica.update(|g| g.fail = Some("the node is shutting down".into()));
+    let err = writer.join().expect("writer thread").expect_err("put must fail");
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    assert_eq!(store.get("k").expect("get"), None);
+    assert!(store.put("k2", "v").is_err(), "a poisoned store took a write");
+}
+
+#[test]
+fn a_replicated_store_refuses_buffered_durability() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica: std::sync::Arc<dyn lockstep_engine::Replica> = std::sync::Arc::new(GatedReplica::default());
+    let options =
+        Options { replica: Some(replica), durability: lockstep_engine::Durability::Buffered, ..small_options() };
+    let err = Store::open(dir.path(), options).expect_err("must refuse");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
