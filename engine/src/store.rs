@@ -472,6 +472,9 @@ impl Store {
             )));
         }
         self.check_poisoned()?;
+        if self.tx.is_none() {
+            return Err(Error::Closed);
+        }
         let mut records = Vec::with_capacity(total);
         let mut entries = Vec::with_capacity(ops.len());
         for &(kind, key, value) in ops {
@@ -570,7 +573,11 @@ impl Store {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<()> {
+    /// [`Store::close`] for a store that cannot be moved out of where it is
+    /// held (e.g. through `Arc::get_mut`). Every later call on this handle
+    /// fails with [`Error::Closed`]; the directory stays locked until the
+    /// handle is dropped.
+    pub fn shutdown(&mut self) -> Result<()> {
         self.tx = None;
         match self.committer.take() {
             Some(handle) => {

@@ -1,10 +1,23 @@
-//! lockstep-replicator: the `lockstep` command-line tool's building blocks
-//! (read-only inspection, the load runner) and replication between two
-//! sites: so far the wire protocol and the handshake rules; the node, the
-//! client and the status server are not built yet (README, "Status").
+//! lockstep-replicator: synchronous replication between two sites and the
+//! `lockstep` command-line tool's building blocks.
+//!
+//! * [`node::Node`]: a store plus its replication link (primary or
+//!   secondary) and client listener — what `lockstep serve` runs, and what
+//!   an application embeds for replicated durability.
+//! * [`client::Client`]: the client protocol (`lockstep client`, `status`).
+//! * [`protocol`], [`handshake`], [`auth`]: frames, compatibility rules,
+//!   peer authentication; [`repl`]: acknowledgement watermarks and the
+//!   sync-level and peer-loss rules.
+//! * [`proxy::FaultProxy`]: a fault-injecting TCP proxy for tests and drills.
+//! * [`inspect`], [`load`]: read-only inspection and the load runner.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod client;
 pub mod handshake;
 pub mod inspect;
 pub mod load;
+pub mod node;
 pub mod protocol;
+pub mod proxy;
+pub mod repl;

@@ -11,8 +11,14 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lockstep_engine::{Durability, Error, Options, Store, StoreId};
+use lockstep_replicator::auth::AuthKey;
+use lockstep_replicator::client::{Client, ClientError};
 use lockstep_replicator::inspect;
 use lockstep_replicator::load::{self, LoadSpec};
+use lockstep_replicator::node::{Node, NodeConfig, NodeError};
+use lockstep_replicator::protocol::{PeerLoss, Role, SyncLevel};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +71,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a node of a replicated pair (see docs/OPERATIONS.md). Prints one
+    /// JSON line with the bound addresses once listening; SIGTERM stops it
+    /// cleanly; exits 76 if the peer is refused at start-up.
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// This node's replication listen address.
+        #[arg(long)]
+        repl: String,
+        /// The other node's replication address (the primary dials it).
+        #[arg(long)]
+        peer: String,
+        /// Where to serve clients and status.
+        #[arg(long)]
+        client: String,
+        /// When the primary acknowledges a write.
+        #[arg(long, value_enum, default_value = "durable")]
+        sync: SyncArg,
+        /// `block` (writes wait for the peer) or `degrade=DURATION` (e.g.
+        /// degrade=2s: continue alone after that long without the peer).
+        #[arg(long, default_value = "block", value_parser = parse_peer_loss)]
+        on_peer_loss: PeerLoss,
+        /// A file holding a shared secret (at least 16 bytes) both nodes use
+        /// to authenticate each other.
+        #[arg(long)]
+        auth_key_file: Option<PathBuf>,
+    },
+    /// Talk to a running node.
+    Client {
+        /// The node's client address.
+        #[arg(long)]
+        addr: String,
+        #[command(subcommand)]
+        op: ClientOp,
+    },
+    /// Print a node's status (role, log end, peer, lag, link, exposure).
+    Status {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a write workload; the last line of stdout is a JSON summary.
     Load {
         dir: PathBuf,
@@ -88,6 +138,55 @@ enum Command {
         #[arg(long, value_parser = parse_size)]
         segment_size: Option<u64>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Primary,
+    Secondary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Durable,
+    Received,
+    Async,
+}
+
+#[derive(Subcommand)]
+enum ClientOp {
+    /// Store VALUE under KEY; returns once acknowledged.
+    Put { key: OsString, value: OsString },
+    /// Print the value of KEY; exit 1 if absent.
+    Get { key: OsString },
+    /// Remove KEY.
+    Delete { key: OsString },
+    /// Print KEY<TAB>VALUE lines in key order.
+    Scan {
+        #[arg(long)]
+        prefix: Option<OsString>,
+    },
+}
+
+/// A duration: a number with ms, s or m (a bare number is milliseconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().map_err(|_| format!("`{s}` is not a duration (use e.g. 500ms, 2s, 1m)"))?;
+    match &s[split..] {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("`{s}` is not a duration (use e.g. 500ms, 2s, 1m)")),
+    }
+}
+
+fn parse_peer_loss(s: &str) -> Result<PeerLoss, String> {
+    match s.split_once('=') {
+        None if s == "block" => Ok(PeerLoss::Block),
+        Some(("degrade", d)) => Ok(PeerLoss::Degrade { after_ms: parse_duration(d)?.as_millis() as u64 }),
+        _ => Err(format!("`{s}` is not a peer-loss policy: use `block` or `degrade=DURATION` (e.g. degrade=2s)")),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -130,11 +229,6 @@ fn open(dir: &Path) -> Result<Store, Failure> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::WARN)
-        .with_target(false)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -143,6 +237,15 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // A node logs what it does (connections, catch-up progress); the other
+    // commands only warnings.
+    let level = if matches!(cli.command, Command::Serve { .. }) { tracing::Level::INFO } else { tracing::Level::WARN };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(level)
+        .with_target(false)
+        .init();
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(f) if f.message.contains("Broken pipe") => ExitCode::SUCCESS,
@@ -185,6 +288,41 @@ fn run(command: Command) -> Result<u8, Failure> {
             }
         }
         Command::Check { dir } => return check(&dir, &mut out),
+        Command::Serve { dir, role, repl, peer, client, sync, on_peer_loss, auth_key_file } => {
+            let auth_key = auth_key_file
+                .map(|path| AuthKey::from_file(&path))
+                .transpose()
+                .map_err(|message| Failure { code: 78, message })?;
+            let config = NodeConfig {
+                dir,
+                role: match role {
+                    RoleArg::Primary => Role::Primary,
+                    RoleArg::Secondary => Role::Secondary,
+                },
+                repl,
+                peer,
+                client: Some(client),
+                sync: match sync {
+                    SyncArg::Durable => SyncLevel::Durable,
+                    SyncArg::Received => SyncLevel::Received,
+                    SyncArg::Async => SyncLevel::Async,
+                },
+                peer_loss: on_peer_loss,
+                auth_key,
+            };
+            return serve(config, &mut out);
+        }
+        Command::Client { addr, op } => return client(&addr, op, &mut out),
+        Command::Status { addr, json } => {
+            let status = Client::connect(&addr).and_then(|mut c| c.status()).map_err(Failure::from)?;
+            if json {
+                writeln!(out, "{status}")?;
+            } else if let Some(fields) = status.as_object() {
+                for (name, value) in fields {
+                    writeln!(out, "{name}: {}", value.as_str().map_or_else(|| value.to_string(), str::to_string))?;
+                }
+            }
+        }
         Command::Inspect { dir, json } => {
             let inspection = inspect::inspect(&dir)?;
             if json {
@@ -235,6 +373,75 @@ fn run(command: Command) -> Result<u8, Failure> {
                 "io_backend": io_backend,
             });
             writeln!(out, "{summary}")?;
+        }
+    }
+    Ok(0)
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+impl From<NodeError> for Failure {
+    fn from(e: NodeError) -> Self {
+        Failure { code: e.exit_code(), message: e.to_string() }
+    }
+}
+
+fn serve(config: NodeConfig, out: &mut impl Write) -> Result<u8, Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| Failure { code: 74, message: format!("installing the signal handler: {e}") })?;
+    }
+    let role = config.role;
+    let node = Node::start(config)?;
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+    let ready = serde_json::json!({
+        "role": role.name(),
+        "client": addr(node.client_addr()),
+        "repl": addr(node.repl_addr()),
+        "pid": std::process::id(),
+    });
+    writeln!(out, "{ready}")?;
+    out.flush()?;
+    loop {
+        if let Some(reason) = node.fatal() {
+            node.shutdown()?;
+            return Err(NodeError::Refused(reason).into());
+        }
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!("stopping: finishing the writes in flight and closing the store");
+            node.shutdown()?;
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn client(addr: &str, op: ClientOp, out: &mut (impl Write + IsTerminal)) -> Result<u8, Failure> {
+    let mut client = Client::connect(addr)?;
+    match op {
+        ClientOp::Put { key, value } => client.put(key.as_bytes(), value.as_bytes())?,
+        ClientOp::Delete { key } => client.delete(key.as_bytes())?,
+        ClientOp::Get { key } => {
+            let Some(value) = client.get(key.as_bytes())? else {
+                return Ok(1);
+            };
+            out.write_all(&value)?;
+            if out.is_terminal() {
+                writeln!(out)?;
+            }
+        }
+        ClientOp::Scan { prefix } => {
+            for (key, value) in client.scan(prefix.as_ref().map(|p| p.as_bytes()).unwrap_or_default())? {
+                out.write_all(&key)?;
+                out.write_all(b"\t")?;
+                out.write_all(&value)?;
+                out.write_all(b"\n")?;
+            }
         }
     }
     Ok(0)

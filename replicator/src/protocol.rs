@@ -263,6 +263,19 @@ pub fn decode_frame(buf: &[u8]) -> Result<(u16, &[u8])> {
     Ok((kind, check_frame(buf, payload)?))
 }
 
+/// Reads one frame from `r`, checking the header before the payload is
+/// allocated. Bytes that are not a valid frame are `InvalidData`.
+pub fn read_frame(r: &mut impl std::io::Read) -> std::io::Result<(u16, Vec<u8>)> {
+    let invalid = |e: WireError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    r.read_exact(&mut header)?;
+    let (len, kind) = decode_header(&header).map_err(invalid)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    check_frame(&header, &payload).map_err(invalid)?;
+    Ok((kind, payload))
+}
+
 // ---- field writer and reader ------------------------------------------------
 
 #[derive(Default)]

@@ -69,3 +69,82 @@ where
 pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 test path")
 }
+
+/// A running `lockstep serve`, killed (SIGKILL) when dropped unless it exited.
+#[derive(Debug)]
+pub struct Served {
+    pub child: std::process::Child,
+    /// The bound client address.
+    pub client: String,
+    /// The bound replication address (secondaries).
+    pub repl: Option<String>,
+    pub stderr: PathBuf,
+}
+
+/// Starts `lockstep serve ARGS...` with stderr to `stderr` and waits for
+/// its ready line. Panics if it exits first (use [`serve_exit`] for that).
+pub fn serve<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)], stderr: &Path) -> Served {
+    match try_serve(args, env, stderr) {
+        Ok(s) => s,
+        Err(run) => panic!("lockstep serve exited with {}: {}", run.code, run.stderr),
+    }
+}
+
+/// Like [`serve`], but a process that exits before it is ready is returned
+/// as its [`Run`].
+pub fn try_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)], stderr: &Path) -> Result<Served, Run> {
+    use std::io::BufRead;
+    let log = std::fs::File::create(stderr).expect("create stderr file");
+    let mut cmd = Command::new(lockstep_bin());
+    cmd.arg("serve").args(args).stdout(std::process::Stdio::piped()).stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start lockstep serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    if line.trim().is_empty() {
+        let status = child.wait().expect("wait");
+        return Err(Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr: std::fs::read_to_string(stderr).unwrap_or_default(),
+        });
+    }
+    let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+    let text = |k: &str| ready[k].as_str().map(str::to_string);
+    Ok(Served { child, client: text("client").expect("client address"), repl: text("repl"), stderr: stderr.into() })
+}
+
+impl Served {
+    /// Waits for the process to exit (at most `timeout`) and returns its code.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

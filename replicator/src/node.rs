@@ -1,0 +1,1086 @@
+//! A lockstep node: a [`Store`] plus its replication link and (for
+//! `lockstep serve`) the client listener. The primary dials the secondary's
+//! replication address, both run the handshake on every connect, and the
+//! primary ships each commit block as it is built; the secondary verifies,
+//! writes and acknowledges it. See docs/OPERATIONS.md for running a pair.
+//!
+//! Threads: the primary has one dialer (which is also the sender of the
+//! current session) plus an acknowledgement reader per session; the
+//! secondary has one listener plus a reader and an acknowledger per
+//! session; the client listener has a thread per client connection.
+
+use std::io::{BufWriter, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lockstep_engine::{Error, LogBlock, Options, Store, StoreInfo, WriteBatch, FORMAT_VERSION};
+
+use crate::auth::AuthKey;
+use crate::handshake::{judge, History};
+use crate::protocol::{
+    read_frame, Hello, Message, PeerLoss, Request, Response, Role, SyncLevel, Verdict, FRAME_PAYLOAD_MAX, NONCE_LEN,
+    PROOF_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, SCAN_PAGE_ITEMS_MAX,
+};
+use crate::repl::{CatchUp, Link, ReplState};
+
+/// Idle links carry a heartbeat this often.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// A link that carried nothing for this long is dead.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnection backoff: from the first to the last value, doubling.
+pub const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(500));
+/// After a refusal the primary retries no faster than this.
+pub const REFUSED_RETRY: Duration = Duration::from_secs(2);
+/// The handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// On shutdown, writes in flight get this long to be acknowledged.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Blocks sent per batch, at most (bytes).
+const SEND_BATCH_BYTES: usize = 1 << 20;
+/// Exit code of a write sent to a secondary (sysexits EX_NOPERM).
+pub const EXIT_NOT_PRIMARY: u8 = 77;
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub dir: PathBuf,
+    pub role: Role,
+    /// This node's replication listen address (the secondary listens on it).
+    pub repl: String,
+    /// The other node's replication address (the primary dials it).
+    pub peer: String,
+    /// Where to serve the client protocol, if anywhere.
+    pub client: Option<String>,
+    pub sync: SyncLevel,
+    pub peer_loss: PeerLoss,
+    pub auth_key: Option<AuthKey>,
+}
+
+/// Why a node could not start or do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] Error),
+    #[error("this node is the secondary: it serves reads only; write to the primary (its replication peer is {peer})")]
+    NotPrimary { peer: String },
+    #[error("the peer was refused: {0}")]
+    Refused(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl NodeError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            NodeError::Store(e) => e.exit_code(),
+            NodeError::NotPrimary { .. } => EXIT_NOT_PRIMARY,
+            NodeError::Refused(_) => 76,
+            NodeError::Io { .. } => 74,
+        }
+    }
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+/// State shared by the node's threads.
+#[derive(Debug)]
+struct Shared {
+    config: NodeConfig,
+    store: Arc<Store>,
+    repl: Arc<ReplState>,
+    stop: AtomicBool,
+    /// Client requests being answered.
+    busy: AtomicUsize,
+    /// Open connections (replication and client), shut down on stop.
+    sockets: Mutex<Vec<TcpStream>>,
+}
+
+/// A running node. Dropping it shuts it down; [`Node::shutdown`] reports
+/// how that went.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    client_addr: Option<SocketAddr>,
+    repl_addr: Option<SocketAddr>,
+}
+
+/// Protocol versions this build speaks. Debug builds let tests pose as
+/// another build (`LOCKSTEP_TEST_PROTOCOL_RANGE=MIN..MAX`); release builds
+/// ignore it.
+fn protocol_range() -> (u16, u16) {
+    #[cfg(debug_assertions)]
+    if let Ok(range) = std::env::var("LOCKSTEP_TEST_PROTOCOL_RANGE") {
+        if let Some((min, max)) = range.split_once("..").and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?))) {
+            return (min, max);
+        }
+    }
+    (PROTOCOL_VERSION_MIN, PROTOCOL_VERSION)
+}
+
+/// The format version this node announces (debug builds: overridable with
+/// `LOCKSTEP_TEST_FORMAT_VERSION`, to test the refusal).
+fn format_version() -> u32 {
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var("LOCKSTEP_TEST_FORMAT_VERSION").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
+    FORMAT_VERSION
+}
+
+/// A hash of the settings both sites must share: segment size (blocks must
+/// land at the same offsets) and the checksum and fingerprint algorithms.
+pub fn settings_hash(info: &StoreInfo) -> u64 {
+    let settings = format!("segment_size={};record_checksum=crc32;fingerprint=xxh3-128", info.segment_size);
+    xxhash_rust::xxh3::xxh3_64(settings.as_bytes())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn bind(addr: &str, what: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).map_err(io_error(format!("listening for {what} on {addr}")))
+}
+
+impl Node {
+    /// Opens the store in `config.dir` (it must exist: `lockstep init`),
+    /// binds the listeners and starts replication. Returns at once; an
+    /// unreachable peer is reported in status, a refused one in
+    /// [`Node::fatal`].
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let probe = Store::open(&config.dir, Options { create_if_missing: false, ..Options::default() })?;
+        let log_end = probe.info().log_end;
+        probe.close()?;
+        let repl = Arc::new(ReplState::new(config.sync, config.peer_loss, log_end));
+        let replica: Option<Arc<dyn lockstep_engine::Replica>> = match config.role {
+            Role::Primary => Some(repl.clone()),
+            Role::Secondary => None,
+        };
+        let options = Options { create_if_missing: false, replica, ..Options::default() };
+        let store = Arc::new(Store::open(&config.dir, options)?);
+        let repl_listener = match config.role {
+            Role::Secondary => Some(bind(&config.repl, "replication")?),
+            Role::Primary => None,
+        };
+        let client_listener = config.client.as_deref().map(|a| bind(a, "clients")).transpose()?;
+        let local = |l: &TcpListener| l.local_addr().map_err(io_error("reading a listen address"));
+        let repl_addr = repl_listener.as_ref().map(local).transpose()?;
+        let client_addr = client_listener.as_ref().map(local).transpose()?;
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            repl,
+            stop: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            sockets: Mutex::new(Vec::new()),
+        });
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(f).map_err(io_error("starting a thread"))
+        };
+        match repl_listener {
+            Some(listener) => {
+                let s = shared.clone();
+                threads.push(spawn("lockstep-repl-listen", Box::new(move || s.listen_replication(listener)))?);
+            }
+            None => {
+                let s = shared.clone();
+                threads.push(spawn("lockstep-repl-dial", Box::new(move || s.dial()))?);
+            }
+        }
+        if let Some(listener) = client_listener {
+            let s = shared.clone();
+            threads.push(spawn("lockstep-client-listen", Box::new(move || s.listen_clients(listener)))?);
+        }
+        Ok(Node { shared, threads, client_addr, repl_addr })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The bound client address (useful when started on port 0).
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client_addr
+    }
+
+    /// The bound replication address of a secondary.
+    pub fn repl_addr(&self) -> Option<SocketAddr> {
+        self.repl_addr
+    }
+
+    /// A refusal that happened before any handshake succeeded: a node
+    /// that cannot trust its peer must not run (`lockstep serve` exits 76).
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.repl.lock().fatal.clone()
+    }
+
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), NodeError> {
+        self.shared.writable()?;
+        Ok(self.shared.store.put(key, value)?)
+    }
+
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<(), NodeError> {
+        self.shared.writable()?;
+        Ok(self.shared.store.delete(key)?)
+    }
+
+    pub fn write(&self, batch: WriteBatch) -> Result<(), NodeError> {
+        self.shared.writable()?;
+        Ok(self.shared.store.write(batch)?)
+    }
+
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<bytes::Bytes>, NodeError> {
+        Ok(self.shared.store.get(key)?)
+    }
+
+    /// The node's status: the JSON object `lockstep status --json` prints.
+    pub fn status(&self) -> serde_json::Value {
+        self.shared.status()
+    }
+
+    /// Stops serving: clients finish their current request, writes in
+    /// flight get [`SHUTDOWN_GRACE`] to be acknowledged (then fail: their
+    /// bytes are durable locally but were never acknowledged), replication
+    /// stops, and the store is synced and closed.
+    pub fn shutdown(mut self) -> Result<(), NodeError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), NodeError> {
+        if self.shared.stop.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Clients send no new requests; the current ones finish.
+        self.shared.shutdown_sockets(Shutdown::Read);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.shared.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.shared.repl.update(|s| s.closing = true);
+        self.shared.shutdown_sockets(Shutdown::Both);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let Some(store) = Arc::get_mut(&mut self.shared).and_then(|s| Arc::get_mut(&mut s.store)) else {
+            tracing::error!("a thread of the node still holds the store; it closes when that thread ends");
+            return Ok(());
+        };
+        match store.shutdown() {
+            Err(Error::Poisoned { reason }) if reason.contains(CLOSING_REASON) => {
+                tracing::warn!("writes still waiting for the secondary at shutdown were failed (not acknowledged)");
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Part of the reason writers get when the node stops before their write
+/// was acknowledged by the secondary (see `ReplState::wait_replicated`).
+const CLOSING_REASON: &str = "shut down before the secondary acknowledged";
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!("shutting the node down: {e}");
+        }
+    }
+}
+
+/// Counts a client request in progress for as long as it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a replication session ended.
+enum SessionEnd {
+    Io(std::io::Error),
+    Refused(String),
+    Stopped,
+}
+
+impl From<std::io::Error> for SessionEnd {
+    fn from(e: std::io::Error) -> Self {
+        SessionEnd::Io(e)
+    }
+}
+
+fn invalid(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Reads one replication message.
+fn recv(stream: &mut TcpStream) -> std::io::Result<Message> {
+    let (kind, payload) = read_frame(stream)?;
+    Message::decode(kind, &payload).map_err(invalid)
+}
+
+/// The writing half of a connection, shared by the threads of a session.
+struct Sender(Mutex<BufWriter<TcpStream>>);
+
+impl Sender {
+    fn new(stream: &TcpStream) -> std::io::Result<Sender> {
+        Ok(Sender(Mutex::new(BufWriter::with_capacity(256 << 10, stream.try_clone()?))))
+    }
+    fn send(&self, messages: &[Message]) -> std::io::Result<()> {
+        let mut w = lock(&self.0);
+        for m in messages {
+            w.write_all(&m.encode())?;
+        }
+        w.flush()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    fn writable(&self) -> Result<(), NodeError> {
+        match self.config.role {
+            Role::Primary => Ok(()),
+            Role::Secondary => Err(NodeError::NotPrimary { peer: self.config.peer.clone() }),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, stream: &TcpStream) {
+        if let Ok(clone) = stream.try_clone() {
+            lock(&self.sockets).push(clone);
+        }
+        // A socket registered after stop was already decided is closed here.
+        if self.stopping() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn unregister(&self, stream: &TcpStream) {
+        let Ok(addr) = stream.local_addr() else { return };
+        let peer = stream.peer_addr().ok();
+        lock(&self.sockets).retain(|s| !(s.local_addr().ok() == Some(addr) && s.peer_addr().ok() == peer));
+    }
+
+    fn shutdown_sockets(&self, how: Shutdown) {
+        for s in lock(&self.sockets).iter() {
+            let _ = s.shutdown(how);
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        let info = self.store.info();
+        let (protocol_min, protocol_max) = protocol_range();
+        let mut nonce = [0u8; NONCE_LEN];
+        // A nonce only has to differ between connections; should the
+        // system's random source fail, the time still makes it differ.
+        if getrandom::fill(&mut nonce).is_err() {
+            nonce[..8].copy_from_slice(&now_ms().to_le_bytes());
+            nonce[8..].copy_from_slice(&Instant::now().elapsed().as_nanos().to_le_bytes()[..8]);
+        }
+        Hello {
+            protocol_min,
+            protocol_max,
+            format_version: format_version(),
+            store_id: info.store_id,
+            node_id: info.node_id,
+            role: self.config.role,
+            epoch: info.epoch,
+            log_end: info.durable_end,
+            fingerprint: info.fingerprint,
+            commit_position: info.durable_end,
+            settings: settings_hash(&info),
+            sync: self.config.sync,
+            peer_loss: self.config.peer_loss,
+            auth: self.config.auth_key.is_some(),
+            nonce,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Where the secondary's log stands against this primary's.
+    fn history(&self, peer: &Hello) -> std::io::Result<History> {
+        if peer.log_end > self.store.info().durable_end {
+            return Ok(History::Ahead);
+        }
+        match self.store.fingerprint_at(peer.log_end) {
+            Ok(Some(f)) if f == peer.fingerprint => Ok(History::Prefix),
+            Ok(_) => Ok(History::Diverged),
+            Err(e) => Err(std::io::Error::other(format!("reading this node's log: {e}"))),
+        }
+    }
+
+    /// Both sides send Hello, then a proof of the key, then their verdict;
+    /// the session goes on only if both accept. Returns the peer's Hello.
+    fn handshake(&self, stream: &mut TcpStream, sender: &Sender) -> Result<Hello, SessionEnd> {
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let ours = self.hello();
+        sender.send(&[Message::Hello(ours.clone())])?;
+        let Message::Hello(peer) = recv(stream)? else {
+            return Err(SessionEnd::Io(invalid("the peer did not start with Hello")));
+        };
+        let proof = match &self.config.auth_key {
+            Some(key) => key.proof(&peer.nonce, &ours.node_id.0, ours.role),
+            None => [0u8; PROOF_LEN],
+        };
+        sender.send(&[Message::Auth { proof }])?;
+        let Message::Auth { proof: peer_proof } = recv(stream)? else {
+            return Err(SessionEnd::Io(invalid("the peer did not send Auth after Hello")));
+        };
+        let authentic = match (&self.config.auth_key, peer.auth) {
+            (Some(key), true) => key.verify(&peer_proof, &ours.nonce, &peer.node_id.0, peer.role),
+            _ => true, // one-sided configuration: judged below
+        };
+        let history = if ours.role == Role::Primary && peer.role == Role::Secondary {
+            self.history(&peer)?
+        } else {
+            History::Unknown
+        };
+        let verdict = match &self.config.auth_key {
+            Some(key) if !authentic => Verdict::Refuse {
+                reason: format!(
+                    "authentication failed: the peer ({} {}) does not hold this node's key (key id {}); give both \
+                     nodes the same --auth-key-file",
+                    peer.role.name(),
+                    peer.node_id,
+                    key.key_id()
+                ),
+            },
+            _ => judge(&ours, &peer, history),
+        };
+        sender.send(&[Message::Verdict(verdict.clone())])?;
+        let Message::Verdict(theirs) = recv(stream)? else {
+            return Err(SessionEnd::Io(invalid("the peer did not send its verdict")));
+        };
+        stream.set_read_timeout(Some(LINK_TIMEOUT))?;
+        match (verdict, theirs) {
+            (Verdict::Refuse { reason }, _) => Err(SessionEnd::Refused(reason)),
+            (_, Verdict::Refuse { reason }) => {
+                Err(SessionEnd::Refused(format!("the peer refused this node: {reason}")))
+            }
+            (Verdict::Accept { version }, Verdict::Accept { .. }) => {
+                tracing::info!(
+                    "handshake with {} {} (lockstep {}) accepted at protocol version {version}; its log ends at {}",
+                    peer.role.name(),
+                    peer.node_id,
+                    peer.software_version,
+                    peer.log_end
+                );
+                Ok(peer)
+            }
+        }
+    }
+
+    /// Records how a session ended; a refusal before any accepted
+    /// handshake is fatal.
+    fn session_ended(&self, end: &SessionEnd, was_connected: bool) {
+        match end {
+            SessionEnd::Refused(reason) => {
+                tracing::error!("replication refused: {reason}");
+                self.repl.update(|s| {
+                    s.link = Link::Refused;
+                    s.refusal = Some(reason.clone());
+                    if !s.accepted_once {
+                        s.fatal = Some(reason.clone());
+                    }
+                });
+            }
+            SessionEnd::Io(e) => {
+                if was_connected {
+                    tracing::warn!("replication link lost: {e}");
+                } else {
+                    tracing::debug!("replication peer not reachable: {e}");
+                }
+                self.repl.update(|s| s.link = Link::Unreachable);
+            }
+            SessionEnd::Stopped => {}
+        }
+    }
+
+    fn accepted(&self) {
+        self.repl.update(|s| {
+            s.link = Link::Connected;
+            s.refusal = None;
+            s.accepted_once = true;
+        });
+    }
+
+    // ---- primary -----------------------------------------------------------------
+
+    /// Dials the secondary, with backoff, for as long as the node runs.
+    fn dial(self: Arc<Self>) {
+        let mut backoff = RECONNECT_BACKOFF.0;
+        while !self.stopping() {
+            let mut connected = false;
+            let end = match self.connect() {
+                Ok(mut stream) => {
+                    self.register(&stream);
+                    let end = self.primary_session(&mut stream, &mut connected);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    self.unregister(&stream);
+                    end
+                }
+                Err(e) => SessionEnd::Io(e),
+            };
+            if self.stopping() {
+                break;
+            }
+            self.session_ended(&end, connected);
+            let wait = match end {
+                SessionEnd::Refused(_) => REFUSED_RETRY,
+                _ if connected => RECONNECT_BACKOFF.0,
+                _ => backoff,
+            };
+            backoff = if connected { RECONNECT_BACKOFF.0 } else { (backoff * 2).min(RECONNECT_BACKOFF.1) };
+            let until = Instant::now() + wait;
+            while !self.stopping() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn connect(&self) -> std::io::Result<TcpStream> {
+        let addrs: Vec<SocketAddr> = self.config.peer.to_socket_addrs()?.collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the peer address resolved to nothing");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(stream);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn primary_session(self: &Arc<Self>, stream: &mut TcpStream, connected: &mut bool) -> SessionEnd {
+        let sender = match Sender::new(stream) {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Io(e),
+        };
+        let peer = match self.handshake(stream, &sender) {
+            Ok(peer) => peer,
+            Err(end) => return end,
+        };
+        *connected = true;
+        let durable = self.store.info().durable_end;
+        self.accepted();
+        self.repl.update(|s| {
+            s.peer_durable = peer.log_end;
+            s.peer_received = peer.log_end;
+            s.catchup = (peer.log_end < durable).then_some(CatchUp { from: peer.log_end, target: durable });
+        });
+        if peer.log_end < durable {
+            tracing::info!(
+                "the secondary is behind: catching up {} bytes from position {}",
+                durable - peer.log_end,
+                peer.log_end
+            );
+        }
+        let dead = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (shared, dead) = (self.clone(), dead.clone());
+            let stream = match stream.try_clone() {
+                Ok(s) => s,
+                Err(e) => return SessionEnd::Io(e),
+            };
+            std::thread::spawn(move || shared.read_acks(stream, &dead))
+        };
+        let end = self.send_blocks(&sender, peer.log_end, &dead);
+        dead.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+        let read_end = reader.join().unwrap_or(SessionEnd::Stopped);
+        match (end, read_end) {
+            (SessionEnd::Stopped, other) | (other, _) => other,
+        }
+    }
+
+    /// Reads the secondary's acknowledgements until the link fails.
+    fn read_acks(&self, mut stream: TcpStream, dead: &AtomicBool) -> SessionEnd {
+        let end = loop {
+            match recv(&mut stream) {
+                Ok(Message::Ack { received_end, durable_end }) => self.repl.acknowledge(received_end, durable_end),
+                Ok(Message::Heartbeat { .. }) => {}
+                Ok(other) => {
+                    break SessionEnd::Io(invalid(format!("unexpected message from the secondary: {other:?}")))
+                }
+                Err(_) if dead.load(Ordering::SeqCst) => break SessionEnd::Stopped,
+                Err(e) => break SessionEnd::Io(e),
+            }
+        };
+        dead.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+        end
+    }
+
+    /// Sends every block from `next` on, from the ring of recently shipped
+    /// blocks or, for older ones, from the log; a heartbeat when idle.
+    fn send_blocks(&self, sender: &Sender, mut next: u64, dead: &AtomicBool) -> SessionEnd {
+        let mut last_sent = Instant::now();
+        let mut last_progress = Instant::now();
+        // The peer's durable end, and since when it has not moved while
+        // blocks sent are unacknowledged: a link that carries heartbeats but
+        // loses data is as dead as a silent one.
+        let mut stalled = (self.repl.lock().peer_durable, Instant::now());
+        loop {
+            if dead.load(Ordering::SeqCst) || self.stopping() {
+                return SessionEnd::Stopped;
+            }
+            let acked = self.repl.lock().peer_durable;
+            if acked != stalled.0 || acked >= next {
+                stalled = (acked, Instant::now());
+            } else if stalled.1.elapsed() >= LINK_TIMEOUT {
+                return SessionEnd::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the secondary acknowledged nothing beyond position {acked} for {LINK_TIMEOUT:?}"),
+                ));
+            }
+            let (mut blocks, from_log) = {
+                let mut s = self.repl.lock();
+                let i = s.ring.partition_point(|b| b.position < next);
+                if s.ring.get(i).is_some_and(|b| b.position == next) {
+                    let mut bytes = 0;
+                    let blocks: Vec<LogBlock> = s
+                        .ring
+                        .range(i..)
+                        .take_while(|b| {
+                            bytes += b.bytes.len();
+                            bytes - b.bytes.len() < SEND_BATCH_BYTES
+                        })
+                        .cloned()
+                        .collect();
+                    (blocks, false)
+                } else if next < s.shipped_end || s.ring.front().is_some_and(|b| b.position > next) {
+                    (Vec::new(), true)
+                } else {
+                    if s.ring.back().is_some_and(|b| b.position + b.bytes.len() as u64 > next) {
+                        return SessionEnd::Io(invalid(format!("position {next} is not a block boundary")));
+                    }
+                    s = self.repl.wait(s, HEARTBEAT_INTERVAL);
+                    drop(s);
+                    if last_sent.elapsed() >= HEARTBEAT_INTERVAL {
+                        if let Err(e) = self.send_heartbeat(sender) {
+                            return SessionEnd::Io(e);
+                        }
+                        last_sent = Instant::now();
+                    }
+                    continue;
+                }
+            };
+            if from_log {
+                match self.store.read_blocks(next, SEND_BATCH_BYTES) {
+                    Ok(found) if found.is_empty() => {
+                        // Not durable here yet: the ring or the log has it soon.
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    Ok(found) => blocks = found,
+                    Err(e) => {
+                        tracing::error!("reading the log to ship it: {e}");
+                        return SessionEnd::Io(std::io::Error::other(e.to_string()));
+                    }
+                }
+            }
+            let messages: Vec<Message> = blocks
+                .into_iter()
+                .map(|b| Message::Block { segment: b.segment, position: b.position, block: b.bytes })
+                .collect();
+            if let Some(Message::Block { position, block, .. }) = messages.last() {
+                next = position + block.len() as u64;
+            }
+            if let Err(e) = sender.send(&messages) {
+                return SessionEnd::Io(e);
+            }
+            last_sent = Instant::now();
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                let s = self.repl.lock();
+                if let Some(c) = s.catchup {
+                    tracing::info!(
+                        "catch-up: the secondary holds {} of {} bytes ({:.1}%)",
+                        s.peer_durable.saturating_sub(c.from),
+                        c.target - c.from,
+                        c.percent(s.peer_durable)
+                    );
+                }
+            }
+        }
+    }
+
+    fn send_heartbeat(&self, sender: &Sender) -> std::io::Result<()> {
+        let info = self.store.info();
+        let commit_position = self.repl.lock().peer_durable;
+        sender.send(&[Message::Heartbeat {
+            log_end: info.durable_end,
+            fingerprint: info.fingerprint,
+            commit_position,
+            time_ms: now_ms(),
+        }])
+    }
+
+    // ---- secondary ---------------------------------------------------------------
+
+    /// Accepts the primary's connections; a new one replaces the current
+    /// session (the primary reconnected after losing the old one).
+    fn listen_replication(self: Arc<Self>, listener: TcpListener) {
+        let mut session: Option<(TcpStream, JoinHandle<()>)> = None;
+        for stream in self.accept_loop(listener) {
+            if let Some((old, handle)) = session.take() {
+                let _ = old.shutdown(Shutdown::Both);
+                let _ = handle.join();
+            }
+            let Ok(clone) = stream.try_clone() else { continue };
+            let shared = self.clone();
+            let handle = std::thread::spawn(move || {
+                let mut stream = stream;
+                shared.register(&stream);
+                let mut connected = false;
+                let end = shared.secondary_session(&mut stream, &mut connected);
+                let _ = stream.shutdown(Shutdown::Both);
+                shared.unregister(&stream);
+                if !shared.stopping() {
+                    shared.session_ended(&end, connected);
+                }
+            });
+            session = Some((clone, handle));
+        }
+        if let Some((old, handle)) = session {
+            let _ = old.shutdown(Shutdown::Both);
+            let _ = handle.join();
+        }
+    }
+
+    /// Accepted connections until the node stops.
+    fn accept_loop(&self, listener: TcpListener) -> impl Iterator<Item = TcpStream> + '_ {
+        let nonblocking = listener.set_nonblocking(true);
+        std::iter::from_fn(move || {
+            if let Err(e) = &nonblocking {
+                tracing::error!("listener: {e}");
+                return None;
+            }
+            loop {
+                if self.stopping() {
+                    return None;
+                }
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if stream.set_nonblocking(false).and_then(|()| stream.set_nodelay(true)).is_ok() {
+                            return Some(stream);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => {
+                        tracing::warn!("accepting a connection: {e}");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })
+    }
+
+    fn secondary_session(self: &Arc<Self>, stream: &mut TcpStream, connected: &mut bool) -> SessionEnd {
+        let sender = match Sender::new(stream) {
+            Ok(s) => Arc::new(s),
+            Err(e) => return SessionEnd::Io(e),
+        };
+        let peer = match self.handshake(stream, &sender) {
+            Ok(peer) => peer,
+            Err(end) => return end,
+        };
+        *connected = true;
+        self.accepted();
+        let own = self.store.info().durable_end;
+        self.repl.update(|s| {
+            s.peer_durable = peer.log_end;
+            s.shipped_end = own;
+            s.catchup = (own < peer.log_end).then_some(CatchUp { from: own, target: peer.log_end });
+            s.lag.mark(peer.log_end);
+        });
+        if own < peer.log_end {
+            tracing::info!("behind the primary: catching up {} bytes from position {own}", peer.log_end - own);
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, lockstep_engine::PendingAppend)>(1024);
+        let acker = {
+            let (shared, sender, stream) = (self.clone(), sender.clone(), stream.try_clone());
+            std::thread::spawn(move || {
+                let end = shared.acknowledge_appends(&rx, &sender);
+                if let Ok(s) = stream {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+                end
+            })
+        };
+        let received_acks = peer.sync == SyncLevel::Received;
+        let end = self.apply_blocks(stream, &sender, &tx, received_acks);
+        drop(tx);
+        let _ = stream.shutdown(Shutdown::Both);
+        match (end, acker.join().unwrap_or(SessionEnd::Stopped)) {
+            (SessionEnd::Stopped, other) | (other, _) => other,
+        }
+    }
+
+    /// Reads blocks and heartbeats from the primary; hands blocks to the
+    /// store (verified there before any byte is written) and their pending
+    /// appends to the acknowledger.
+    fn apply_blocks(
+        &self,
+        stream: &mut TcpStream,
+        sender: &Sender,
+        pending: &crossbeam_channel::Sender<(u64, lockstep_engine::PendingAppend)>,
+        received_acks: bool,
+    ) -> SessionEnd {
+        let mut last_progress = Instant::now();
+        loop {
+            let message = match recv(stream) {
+                Ok(m) => m,
+                Err(_) if self.stopping() => return SessionEnd::Stopped,
+                Err(e) => return SessionEnd::Io(e),
+            };
+            match message {
+                Message::Block { segment, position, block } => {
+                    let end = position + block.len() as u64;
+                    let append = match self.store.submit_replicated(LogBlock { segment, position, bytes: block }) {
+                        Ok(p) => p,
+                        Err(e) => return SessionEnd::Io(std::io::Error::other(format!("applying a block: {e}"))),
+                    };
+                    self.repl.update(|s| {
+                        s.shipped_end = end;
+                        s.peer_durable = s.peer_durable.max(end);
+                        s.lag.mark(end);
+                    });
+                    let durable = self.store.info().durable_end;
+                    if pending.send((end, append)).is_err() {
+                        return SessionEnd::Stopped;
+                    }
+                    if received_acks {
+                        if let Err(e) = sender.send(&[Message::Ack { received_end: end, durable_end: durable }]) {
+                            return SessionEnd::Io(e);
+                        }
+                    }
+                }
+                Message::Heartbeat { log_end, .. } => {
+                    let received = self.repl.update(|s| {
+                        s.peer_durable = s.peer_durable.max(log_end);
+                        s.lag.mark(log_end);
+                        s.shipped_end
+                    });
+                    let durable = self.store.info().durable_end;
+                    if let Err(e) = sender.send(&[Message::Ack { received_end: received, durable_end: durable }]) {
+                        return SessionEnd::Io(e);
+                    }
+                }
+                other => return SessionEnd::Io(invalid(format!("unexpected message from the primary: {other:?}"))),
+            }
+            if last_progress.elapsed() >= Duration::from_secs(1) {
+                last_progress = Instant::now();
+                let s = self.repl.lock();
+                if let Some(c) = s.catchup {
+                    let own = self.store.info().durable_end;
+                    tracing::info!(
+                        "catch-up: {} of {} bytes ({:.1}%)",
+                        own.saturating_sub(c.from),
+                        c.target - c.from,
+                        c.percent(own)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for each append in order and acknowledges it durable.
+    fn acknowledge_appends(
+        &self,
+        pending: &crossbeam_channel::Receiver<(u64, lockstep_engine::PendingAppend)>,
+        sender: &Sender,
+    ) -> SessionEnd {
+        while let Ok((end, append)) = pending.recv() {
+            if let Err(e) = append.wait() {
+                tracing::error!("a block from the primary was not applied: {e}");
+                return SessionEnd::Io(std::io::Error::other(e.to_string()));
+            }
+            let received = self.repl.update(|s| {
+                if s.catchup.is_some_and(|c| end >= c.target) {
+                    tracing::info!("caught up with the primary at position {end}");
+                    s.catchup = None;
+                }
+                s.shipped_end
+            });
+            if pending.is_empty() {
+                if let Err(e) = sender.send(&[Message::Ack { received_end: received, durable_end: end }]) {
+                    return SessionEnd::Io(e);
+                }
+            }
+        }
+        SessionEnd::Stopped
+    }
+
+    // ---- status --------------------------------------------------------------------
+
+    fn status(&self) -> serde_json::Value {
+        let info = self.store.info();
+        let mut s = self.repl.lock();
+        let primary = self.config.role == Role::Primary;
+        let (peer_durable, lag_bytes) = if primary {
+            (s.peer_durable, info.durable_end.saturating_sub(s.peer_durable))
+        } else {
+            (s.peer_durable, s.peer_durable.saturating_sub(info.durable_end))
+        };
+        let reached = if primary { s.peer_durable } else { info.durable_end };
+        let lag_ms = s.lag.lag_ms(reached);
+        let catchup = s.catchup.map(|c| {
+            let at = if primary { s.peer_durable } else { info.durable_end };
+            serde_json::json!({
+                "from": c.from,
+                "target": c.target,
+                "remaining_bytes": c.target.saturating_sub(at),
+                "percent": (c.percent(at) * 10.0).round() / 10.0,
+            })
+        });
+        serde_json::json!({
+            "role": self.config.role.name(),
+            "epoch": info.epoch,
+            "store_id": info.store_id.to_string(),
+            "node_id": info.node_id.to_string(),
+            "log_end": info.log_end,
+            "durable_end": info.durable_end,
+            "fingerprint": info.fingerprint.to_string(),
+            "peer": self.config.peer,
+            "peer_durable": peer_durable,
+            "lag_bytes": lag_bytes,
+            "lag_ms": lag_ms,
+            "link": s.link.name(),
+            "refusal": s.refusal,
+            "sync": self.config.sync.name(),
+            "peer_loss": match self.config.peer_loss {
+                PeerLoss::Block => "block".to_string(),
+                PeerLoss::Degrade { after_ms } => format!("degrade={after_ms}ms"),
+            },
+            "degraded": s.degraded,
+            "exposure_bytes": if primary { ReplState::exposure(&s) } else { 0 },
+            "catchup": catchup,
+            "keys": info.keys,
+            "software_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    // ---- clients ---------------------------------------------------------------------
+
+    fn listen_clients(self: Arc<Self>, listener: TcpListener) {
+        let mut connections: Vec<JoinHandle<()>> = Vec::new();
+        for stream in self.accept_loop(listener) {
+            connections.retain(|h| !h.is_finished());
+            let shared = self.clone();
+            connections.push(std::thread::spawn(move || {
+                shared.register(&stream);
+                shared.serve_client(&stream);
+                shared.unregister(&stream);
+            }));
+        }
+        for h in connections {
+            let _ = h.join();
+        }
+    }
+
+    fn serve_client(&self, stream: &TcpStream) {
+        let Ok(sender) = Sender::new(stream) else { return };
+        let mut reader = stream;
+        loop {
+            let request = match read_frame(&mut reader) {
+                Ok((kind, payload)) => Request::decode(kind, &payload),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let _ = self.reply(&sender, Response::Error { code: 64, message: format!("bad request: {e}") });
+                    return;
+                }
+                Err(_) => return,
+            };
+            let _busy = Busy::enter(&self.busy);
+            let response = match request {
+                Ok(request) => self.answer(request),
+                Err(e) => Response::Error { code: 64, message: format!("bad request: {e}") },
+            };
+            if self.reply(&sender, response).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn reply(&self, sender: &Sender, response: Response) -> std::io::Result<()> {
+        let mut w = lock(&sender.0);
+        w.write_all(&response.encode())?;
+        w.flush()
+    }
+
+    fn answer(&self, request: Request) -> Response {
+        let failed = |e: NodeError| Response::Error { code: e.exit_code(), message: e.to_string() };
+        let write = |f: &dyn Fn() -> Result<(), Error>| match self.writable().and_then(|()| Ok(f()?)) {
+            Ok(()) => Response::Done,
+            Err(e) => failed(e),
+        };
+        match request {
+            Request::Put { key, value } => write(&|| self.store.put(&key, &value)),
+            Request::Delete { key } => write(&|| self.store.delete(&key)),
+            Request::Get { key } => match self.store.get(&key) {
+                Ok(value) => Response::Value(value.map(|v| v.to_vec())),
+                Err(e) => failed(e.into()),
+            },
+            Request::Scan { prefix, after, limit } => match self.scan_page(&prefix, after.as_deref(), limit) {
+                Ok((items, more)) => Response::Page { items, more },
+                Err(e) => failed(e.into()),
+            },
+            Request::Status => Response::Status(self.status().to_string()),
+        }
+    }
+
+    /// One page of a prefix scan: at most `limit` items and what fits a frame.
+    #[allow(clippy::type_complexity)]
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), Error> {
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let limit = limit.clamp(1, SCAN_PAGE_ITEMS_MAX) as usize;
+        let (mut items, mut bytes) = (Vec::new(), 0usize);
+        for item in self.store.scan::<&[u8], _>((start, Bound::Unbounded))? {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                return Ok((items, false));
+            }
+            bytes += key.len() + value.len() + 8;
+            if items.len() == limit || (bytes > FRAME_PAYLOAD_MAX - 64 && !items.is_empty()) {
+                return Ok((items, true));
+            }
+            items.push((key.to_vec(), value.to_vec()));
+        }
+        Ok((items, false))
+    }
+}

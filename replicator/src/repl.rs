@@ -1,0 +1,344 @@
+//! What a node knows about its replication link, shared by the committer
+//! (through [`lockstep_engine::Replica`]), the link threads and status.
+//!
+//! On a primary: the blocks shipped recently (a ring the sender reads from
+//! before falling back to the log on disk), the peer's acknowledged
+//! watermarks, and the rules of when a write may be answered (sync level,
+//! peer-loss policy, the async lag bound). On a secondary: what the primary
+//! last reported. Both: link state, refusal, catch-up progress.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use lockstep_engine::{LogBlock, Replica};
+
+use crate::protocol::{PeerLoss, SyncLevel};
+
+/// Bytes of recently shipped blocks kept in memory for the sender; older
+/// ones are read back from the log.
+pub const SHIP_RING_BYTES_MAX: usize = 32 << 20;
+/// With `--sync async`, a write waits once the peer is this many bytes behind.
+pub const ASYNC_LAG_BYTES_MAX: u64 = 8 << 20;
+/// A degraded primary returns to synchronous mode once the peer is within
+/// this many bytes of its log end.
+pub const RESYNC_SLACK_BYTES: u64 = 1 << 20;
+
+/// The state of the replication link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected yet, or reconnecting.
+    Connecting,
+    Connected,
+    /// The last handshake was refused (see `refusal`).
+    Refused,
+    /// The peer could not be reached or stopped answering.
+    Unreachable,
+}
+
+impl Link {
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Connecting => "connecting",
+            Link::Connected => "connected",
+            Link::Refused => "refused",
+            Link::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// Catch-up of a peer that was behind when the link came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    pub from: u64,
+    pub target: u64,
+}
+
+impl CatchUp {
+    pub fn percent(&self, reached: u64) -> f64 {
+        let total = self.target.saturating_sub(self.from);
+        if total == 0 {
+            return 100.0;
+        }
+        100.0 * reached.saturating_sub(self.from).min(total) as f64 / total as f64
+    }
+}
+
+/// Log positions stamped with when they were produced, to tell how old the
+/// oldest thing the peer lacks is.
+#[derive(Debug, Default)]
+pub struct LagClock(VecDeque<(u64, Instant)>);
+
+impl LagClock {
+    const MARKS_MAX: usize = 65_536;
+
+    /// Notes that the log reached `end` now.
+    pub fn mark(&mut self, end: u64) {
+        // When full, keep the oldest marks: the lag is never understated.
+        if self.0.len() < Self::MARKS_MAX {
+            self.0.push_back((end, Instant::now()));
+        }
+    }
+
+    /// How long ago the log first passed `reached` (0 if it did not).
+    pub fn lag_ms(&mut self, reached: u64) -> u64 {
+        while self.0.front().is_some_and(|(end, _)| *end <= reached) {
+            self.0.pop_front();
+        }
+        self.0.front().map_or(0, |(_, at)| at.elapsed().as_millis() as u64)
+    }
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub link: Link,
+    pub refusal: Option<String>,
+    /// A refusal before any handshake succeeded: the node must not run.
+    pub fatal: Option<String>,
+    pub accepted_once: bool,
+    /// Recently shipped blocks, contiguous, oldest first.
+    pub ring: VecDeque<LogBlock>,
+    pub ring_bytes: usize,
+    /// The end of the last block shipped (primary) or received (secondary).
+    pub shipped_end: u64,
+    /// The peer's watermarks (primary: the secondary's acks; secondary: the
+    /// primary's reported durable end in `peer_durable`).
+    pub peer_received: u64,
+    pub peer_durable: u64,
+    /// The highest position a writer was answered for without the peer
+    /// having it durably (degraded or async).
+    pub alone_end: u64,
+    pub degraded: bool,
+    /// The peer's durable end when the primary went on alone.
+    pub degraded_at: u64,
+    pub catchup: Option<CatchUp>,
+    pub lag: LagClock,
+    /// Set when the node shuts down: waiting writers fail.
+    pub closing: bool,
+    /// Bumped to end the current session (a newer one replaces it).
+    pub session: u64,
+}
+
+/// A node's replication state; implements the engine's [`Replica`] hook.
+#[derive(Debug)]
+pub struct ReplState {
+    pub sync: SyncLevel,
+    pub peer_loss: PeerLoss,
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+impl ReplState {
+    pub fn new(sync: SyncLevel, peer_loss: PeerLoss, log_end: u64) -> ReplState {
+        ReplState {
+            sync,
+            peer_loss,
+            inner: Mutex::new(Inner {
+                link: Link::Connecting,
+                refusal: None,
+                fatal: None,
+                accepted_once: false,
+                ring: VecDeque::new(),
+                ring_bytes: 0,
+                shipped_end: log_end,
+                peer_received: 0,
+                peer_durable: 0,
+                alone_end: 0,
+                degraded: false,
+                degraded_at: 0,
+                catchup: None,
+                lag: LagClock::default(),
+                closing: false,
+                session: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the state and wakes everyone waiting on it.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let out = f(&mut self.lock());
+        self.changed.notify_all();
+        out
+    }
+
+    /// Waits for a change, at most `timeout`.
+    pub fn wait<'a>(&self, guard: MutexGuard<'a, Inner>, timeout: Duration) -> MutexGuard<'a, Inner> {
+        self.changed.wait_timeout(guard, timeout).unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    /// Records the peer's acknowledgement; leaves degraded mode once the
+    /// peer is close enough to the log end again.
+    pub fn acknowledge(&self, received: u64, durable: u64) {
+        self.update(|s| {
+            s.peer_received = s.peer_received.max(received).max(durable);
+            s.peer_durable = s.peer_durable.max(durable);
+            if let Some(c) = s.catchup {
+                if s.peer_durable >= c.target {
+                    tracing::info!("the secondary caught up: {} bytes from position {}", c.target - c.from, c.from);
+                    s.catchup = None;
+                }
+            }
+            // Back in step: the peer stored something written since it was
+            // lost (a stale ack proves nothing) and is close to the end.
+            if s.degraded && s.peer_durable > s.degraded_at && s.peer_durable + RESYNC_SLACK_BYTES >= s.shipped_end {
+                tracing::warn!(
+                    "the secondary is back in step at position {}: writes wait for it again (synchronous mode)",
+                    s.peer_durable
+                );
+                s.degraded = false;
+            }
+        });
+    }
+
+    /// Bytes answered to writers that the peer does not hold durably.
+    pub fn exposure(s: &Inner) -> u64 {
+        s.alone_end.saturating_sub(s.peer_durable)
+    }
+}
+
+impl Replica for ReplState {
+    fn ship(&self, block: &LogBlock) {
+        self.update(|s| {
+            let end = block.position + block.bytes.len() as u64;
+            s.shipped_end = end;
+            s.lag.mark(end);
+            s.ring_bytes += block.bytes.len();
+            s.ring.push_back(block.clone());
+            while s.ring_bytes > SHIP_RING_BYTES_MAX {
+                let Some(old) = s.ring.pop_front() else { break };
+                s.ring_bytes -= old.bytes.len();
+            }
+        });
+    }
+
+    fn wait_replicated(&self, end: u64) -> Result<u64, String> {
+        let started = Instant::now();
+        let mut s = self.lock();
+        loop {
+            if s.closing {
+                return Err("the node shut down before the secondary acknowledged the write".into());
+            }
+            let acknowledged = match self.sync {
+                SyncLevel::Durable => s.peer_durable,
+                SyncLevel::Received => s.peer_received,
+                SyncLevel::Async => s.peer_durable + ASYNC_LAG_BYTES_MAX,
+            };
+            if acknowledged >= end {
+                let answerable = end.max(acknowledged.min(s.shipped_end));
+                if self.sync != SyncLevel::Durable {
+                    s.alone_end = s.alone_end.max(answerable);
+                }
+                return Ok(answerable);
+            }
+            if s.degraded {
+                s.alone_end = s.alone_end.max(end);
+                return Ok(end);
+            }
+            let mut timeout = Duration::from_millis(100);
+            if let PeerLoss::Degrade { after_ms } = self.peer_loss {
+                let after = Duration::from_millis(after_ms);
+                match after.checked_sub(started.elapsed()) {
+                    Some(left) if !left.is_zero() => timeout = timeout.min(left),
+                    _ => {
+                        tracing::warn!(
+                            "no acknowledgement from the secondary for {after_ms} ms (link {}): continuing alone \
+                             from position {}; the unreplicated range shows as exposure in status",
+                            s.link.name(),
+                            s.peer_durable
+                        );
+                        s.degraded = true;
+                        s.degraded_at = s.peer_durable;
+                        continue;
+                    }
+                }
+            }
+            s = self.wait(s, timeout);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn block(position: u64, len: usize) -> LogBlock {
+        LogBlock { segment: 1, position, bytes: Bytes::from(vec![0u8; len]) }
+    }
+
+    #[test]
+    fn durable_waits_for_the_ack_and_degrade_goes_on_alone_then_resyncs() {
+        let state = std::sync::Arc::new(ReplState::new(SyncLevel::Durable, PeerLoss::Degrade { after_ms: 50 }, 0));
+        state.ship(&block(0, 100));
+        let waiter = {
+            let state = state.clone();
+            std::thread::spawn(move || state.wait_replicated(100))
+        };
+        std::thread::sleep(Duration::from_millis(10));
+        state.acknowledge(100, 100);
+        assert_eq!(waiter.join().expect("thread"), Ok(100));
+        assert_eq!(ReplState::exposure(&state.lock()), 0);
+
+        // No ack: after 50 ms the write is answered alone, as exposure.
+        state.ship(&block(100, 100));
+        let started = Instant::now();
+        assert_eq!(state.wait_replicated(200), Ok(200));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(state.lock().degraded);
+        assert_eq!(ReplState::exposure(&state.lock()), 100);
+        state.acknowledge(100, 100);
+        assert!(state.lock().degraded, "a stale acknowledgement ended degraded mode");
+        state.acknowledge(200, 200);
+        assert!(!state.lock().degraded);
+        assert_eq!(ReplState::exposure(&state.lock()), 0);
+    }
+
+    #[test]
+    fn block_waits_until_closing_and_async_allows_a_bounded_lag() {
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block, 0);
+        state.update(|s| s.closing = true);
+        assert!(state.wait_replicated(1).is_err());
+
+        let state = std::sync::Arc::new(ReplState::new(SyncLevel::Async, PeerLoss::Block, 0));
+        state.ship(&block(0, ASYNC_LAG_BYTES_MAX as usize + 1));
+        assert_eq!(state.wait_replicated(ASYNC_LAG_BYTES_MAX), Ok(ASYNC_LAG_BYTES_MAX));
+        assert_eq!(ReplState::exposure(&state.lock()), ASYNC_LAG_BYTES_MAX);
+        let waiter = {
+            let state = state.clone();
+            std::thread::spawn(move || state.wait_replicated(ASYNC_LAG_BYTES_MAX + 1))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "the async lag bound was not enforced");
+        state.acknowledge(1, 1);
+        assert_eq!(waiter.join().expect("thread"), Ok(ASYNC_LAG_BYTES_MAX + 1));
+    }
+
+    #[test]
+    fn the_ring_keeps_recent_blocks_within_its_byte_bound() {
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block, 0);
+        let len = 1 << 20;
+        for i in 0..40u64 {
+            state.ship(&block(i * len as u64, len));
+        }
+        let s = state.lock();
+        assert!(s.ring_bytes <= SHIP_RING_BYTES_MAX);
+        assert_eq!(s.ring.back().map(|b| b.position), Some(39 * len as u64));
+        assert_eq!(s.shipped_end, 40 * len as u64);
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_position_not_reached() {
+        let mut clock = LagClock::default();
+        clock.mark(10);
+        std::thread::sleep(Duration::from_millis(20));
+        clock.mark(20);
+        assert!(clock.lag_ms(0) >= 20);
+        assert!(clock.lag_ms(10) < 20);
+        assert_eq!(clock.lag_ms(20), 0);
+    }
+}

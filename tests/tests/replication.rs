@@ -1,0 +1,404 @@
+//! Two real `lockstep serve` processes on loopback: writes reach the
+//! secondary, nothing acknowledged is lost when the primary is SIGKILLed, a
+//! restarted secondary catches up to a byte-identical log, every mismatch is
+//! refused with exit 76 before anything is written, and the peer-loss
+//! policies behave through a fault-injecting proxy.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lockstep_replicator::client::Client;
+use lockstep_replicator::proxy::{Fault, FaultProxy};
+use lockstep_tests::{expect_code, p, serve, try_serve, Served};
+use serde_json::Value;
+
+const SEGMENT_SIZE: &str = "256K";
+
+/// A primary and a secondary store, bound to the same store id.
+fn init_pair(root: &Path) -> (PathBuf, PathBuf) {
+    let (primary, secondary) = (root.join("primary"), root.join("secondary"));
+    let id = expect_code(0, ["init", p(&primary), "--segment-size", SEGMENT_SIZE]).stdout;
+    expect_code(0, ["init", p(&secondary), "--segment-size", SEGMENT_SIZE, "--store-id", id.trim()]);
+    (primary, secondary)
+}
+
+fn secondary_args(dir: &Path, repl: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--dir", p(dir), "--role", "secondary", "--repl", repl, "--peer", "127.0.0.1:9"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--client".into(), "127.0.0.1:0".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn primary_args(dir: &Path, peer: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["--dir", p(dir), "--role", "primary", "--repl", "127.0.0.1:0", "--peer", peer]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--client".into(), "127.0.0.1:0".into()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn start_secondary(dir: &Path, repl: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let log = dir.with_extension("secondary.log");
+    serve(&secondary_args(dir, repl, extra), env, &log)
+}
+
+fn start_primary(dir: &Path, peer: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let log = dir.with_extension("primary.log");
+    serve(&primary_args(dir, peer, extra), env, &log)
+}
+
+/// A running pair; the primary dials `peer` (the secondary or a proxy).
+fn start_pair(primary: &Path, secondary: &Path, extra: &[&str]) -> (Served, Served) {
+    let s = start_secondary(secondary, "127.0.0.1:0", &[], &[]);
+    let peer = s.repl.clone().expect("secondary repl address");
+    let pr = start_primary(primary, &peer, extra, &[]);
+    (pr, s)
+}
+
+fn status(addr: &str) -> Value {
+    Client::connect(addr).and_then(|mut c| c.status()).expect("status")
+}
+
+/// Waits for `cond`; on a timeout, fails with the nodes' logs.
+#[track_caller]
+fn wait_until(what: &str, nodes: &[&Served], timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes.iter().map(|n| format!("--- {}:\n{}", n.stderr.display(), n.log())).collect();
+            panic!("timed out waiting until {what}\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writers that put distinct keys through the client until stopped, and
+/// record every key whose put was acknowledged.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(addr: &str, n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..n)
+            .map(|t| {
+                let (addr, stop, acked) = (addr.to_string(), stop.clone(), acked.clone());
+                std::thread::spawn(move || {
+                    let Ok(mut client) = Client::connect(&addr) else { return };
+                    for i in 0.. {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let (key, value) = (format!("w{t}/{i:06}"), format!("value {t} {i} {}", "x".repeat(150)));
+                        if client.put(key.as_bytes(), value.as_bytes()).is_err() {
+                            return;
+                        }
+                        acked.lock().expect("acked").push((key, value));
+                    }
+                })
+            })
+            .collect();
+        Writers { stop, acked, threads }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("acked").len()
+    }
+
+    #[track_caller]
+    fn wait_for(&self, n: usize, nodes: &[&Served]) {
+        wait_until(&format!("{n} writes are acknowledged"), nodes, Duration::from_secs(60), || self.count() >= n);
+    }
+
+    fn finish(self) -> Vec<(String, String)> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("writer thread");
+        }
+        Arc::try_unwrap(self.acked).expect("writers done").into_inner().expect("acked")
+    }
+}
+
+#[track_caller]
+fn assert_all_readable(addr: &str, acked: &[(String, String)]) {
+    let mut client = Client::connect(addr).expect("connect");
+    for (key, value) in acked {
+        let got = client.get(key.as_bytes()).expect("get");
+        assert_eq!(got.as_deref(), Some(value.as_bytes()), "acknowledged write {key} is missing on {addr}");
+    }
+}
+
+#[test]
+fn acknowledged_writes_are_on_the_secondary_when_the_primary_is_killed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    let (mut primary, secondary) = start_pair(&pdir, &sdir, &[]);
+    expect_code(0, ["client", "--addr", &primary.client, "put", "first", "one"]);
+    assert_eq!(expect_code(0, ["client", "--addr", &secondary.client, "get", "first"]).stdout, "one");
+
+    let writers = Writers::start(&primary.client, 4);
+    writers.wait_for(400, &[&primary, &secondary]);
+    primary.child.kill().expect("SIGKILL the primary");
+    primary.child.wait().expect("reap");
+    let acked = writers.finish();
+    assert!(acked.len() >= 400);
+    assert_all_readable(&secondary.client, &acked);
+
+    // The secondary serves reads, refuses writes and names the primary.
+    let run = expect_code(77, ["client", "--addr", &secondary.client, "put", "k", "v"]);
+    assert!(run.stderr.contains("secondary") && run.stderr.contains("127.0.0.1:9"), "{}", run.stderr);
+    // It may hold a few more: writes in flight when the primary died.
+    let scan = expect_code(0, ["client", "--addr", &secondary.client, "scan", "--prefix", "w0/"]).stdout;
+    assert!(scan.lines().count() >= acked.iter().filter(|(k, _)| k.starts_with("w0/")).count());
+    assert!(scan.lines().all(|l| l.starts_with("w0/")), "{scan}");
+}
+
+/// Segment files of `dir` by name; a trailing pre-zeroed spare is left out.
+fn segments(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read")))
+        .collect();
+    files.sort();
+    while files.last().is_some_and(|(_, bytes)| bytes.iter().all(|b| *b == 0)) {
+        files.pop();
+    }
+    files
+}
+
+fn inspect(dir: &Path) -> Value {
+    serde_json::from_str(&expect_code(0, ["inspect", p(dir), "--json"]).stdout).expect("inspect json")
+}
+
+#[test]
+fn a_restarted_secondary_catches_up_to_a_byte_identical_log() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    let (mut primary, mut secondary) = start_pair(&pdir, &sdir, &[]);
+    let repl = secondary.repl.clone().expect("repl address");
+    let writers = Writers::start(&primary.client, 4);
+    writers.wait_for(300, &[&primary, &secondary]);
+    secondary.child.kill().expect("SIGKILL the secondary");
+    secondary.child.wait().expect("reap");
+    // Writes wait for the secondary (policy `block`) while it is down.
+    let stalled = writers.count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(writers.count() <= stalled + 4, "writes were acknowledged without the secondary");
+    let mut secondary = start_secondary(&sdir, &repl, &[], &[]);
+    writers.wait_for(stalled + 2000, &[&primary, &secondary]);
+    let acked = writers.finish();
+
+    wait_until("the secondary holds the whole log", &[&primary, &secondary], Duration::from_secs(30), || {
+        let s = status(&primary.client);
+        s["link"] == "connected" && s["peer_durable"] == s["durable_end"] && s["lag_bytes"] == 0
+    });
+    assert_all_readable(&secondary.client, &acked);
+    for node in [&primary, &secondary] {
+        node.signal("-TERM");
+    }
+    assert_eq!(primary.wait_exit(Duration::from_secs(20)), Some(0), "primary: {}", primary.log());
+    assert_eq!(secondary.wait_exit(Duration::from_secs(20)), Some(0), "secondary: {}", secondary.log());
+
+    let (a, b) = (inspect(&pdir), inspect(&sdir));
+    assert_eq!(a["log_end"], b["log_end"]);
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+    let (sa, sb) = (segments(&pdir), segments(&sdir));
+    assert!(sa.len() >= 3, "the test should span several segments, got {}", sa.len());
+    assert_eq!(sa.len(), sb.len());
+    for ((name, x), (_, y)) in sa.iter().zip(&sb) {
+        assert!(x == y, "{name} differs between the two sites");
+    }
+    expect_code(0, ["check", p(&pdir)]);
+    expect_code(0, ["check", p(&sdir)]);
+}
+
+/// Starts a secondary with `s_env`/`s_extra` and a primary with `p_extra`,
+/// expects both to exit 76 with messages containing `expect`, and checks
+/// that neither log changed.
+#[track_caller]
+fn assert_refused(
+    pdir: &Path,
+    sdir: &Path,
+    s_env: &[(&str, &str)],
+    s_extra: &[&str],
+    p_extra: &[&str],
+    expect: &[&str],
+) {
+    let before = (inspect(pdir), inspect(sdir));
+    let mut secondary = start_secondary(sdir, "127.0.0.1:0", s_extra, s_env);
+    let peer = secondary.repl.clone().expect("repl address");
+    let log = pdir.with_extension("primary.log");
+    // The primary may already have exited 76 before printing its ready line.
+    let (primary_code, primary_log) = match try_serve(&primary_args(pdir, &peer, p_extra), &[], &log) {
+        Ok(mut primary) => (primary.wait_exit(Duration::from_secs(20)), primary.log()),
+        Err(run) => (Some(run.code), run.stderr),
+    };
+    assert_eq!(primary_code, Some(76), "primary log: {primary_log}");
+    assert_eq!(secondary.wait_exit(Duration::from_secs(20)), Some(76), "secondary log: {}", secondary.log());
+    for text in expect {
+        assert!(primary_log.contains(text), "the primary's message lacks {text:?}: {primary_log}");
+        assert!(secondary.log().contains(text), "the secondary's message lacks {text:?}: {}", secondary.log());
+    }
+    let after = (inspect(pdir), inspect(sdir));
+    for (b, a) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        assert_eq!((&b["log_end"], &b["fingerprint"]), (&a["log_end"], &a["fingerprint"]), "a refused pair wrote");
+    }
+}
+
+#[test]
+fn mismatched_builds_and_stores_are_refused_with_exit_76_and_nothing_written() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    expect_code(0, ["put", p(&pdir), "patient/1", "penicillin"]);
+
+    // Another on-disk format version.
+    assert_refused(&pdir, &sdir, &[("LOCKSTEP_TEST_FORMAT_VERSION", "2")], &[], &[], &["format v1", "format v2"]);
+    // Protocol ranges that do not overlap (both constants raised).
+    assert_refused(&pdir, &sdir, &[("LOCKSTEP_TEST_PROTOCOL_RANGE", "2..2")], &[], &[], &["1..=1", "2..=2"]);
+
+    // Another store.
+    let other = root.path().join("other");
+    let other_id = expect_code(0, ["init", p(&other), "--segment-size", SEGMENT_SIZE]).stdout;
+    let id = inspect(&pdir)["store_id"].as_str().expect("store id").to_string();
+    assert_refused(&pdir, &other, &[], &[], &[], &[&id, other_id.trim()]);
+
+    // A divergent log: the secondary holds a different first write.
+    let diverged = root.path().join("diverged");
+    expect_code(0, ["init", p(&diverged), "--segment-size", SEGMENT_SIZE, "--store-id", &id]);
+    expect_code(0, ["put", p(&diverged), "patient/1", "amoxicillin"]);
+    expect_code(0, ["put", p(&pdir), "patient/2", "none"]);
+    let fp = inspect(&diverged)["fingerprint"].as_str().expect("fingerprint").to_string();
+    assert_refused(&pdir, &diverged, &[], &[], &[], &["not a prefix", &fp]);
+
+    // Authentication: different keys, and a key on one side only.
+    let (key_a, key_b) = (root.path().join("key-a"), root.path().join("key-b"));
+    std::fs::write(&key_a, "correct horse battery staple\n").expect("key");
+    std::fs::write(&key_b, "another secret of enough bytes\n").expect("key");
+    let (a, b) = (["--auth-key-file", p(&key_a)], ["--auth-key-file", p(&key_b)]);
+    assert_refused(&pdir, &sdir, &[], &b, &a, &["authentication failed"]);
+    assert_refused(&pdir, &sdir, &[], &[], &a, &["one side only"]);
+}
+
+#[test]
+fn a_secondary_one_protocol_version_newer_connects_and_the_same_key_authenticates() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    let key = root.path().join("key");
+    std::fs::write(&key, "correct horse battery staple\n").expect("key");
+    let auth = ["--auth-key-file", p(&key)];
+    let secondary = start_secondary(&sdir, "127.0.0.1:0", &auth, &[("LOCKSTEP_TEST_PROTOCOL_RANGE", "1..2")]);
+    let primary = start_primary(&pdir, secondary.repl.as_deref().expect("repl"), &auth, &[]);
+    expect_code(0, ["client", "--addr", &primary.client, "put", "k", "v"]);
+    assert_eq!(expect_code(0, ["client", "--addr", &secondary.client, "get", "k"]).stdout, "v");
+    assert_eq!(status(&primary.client)["link"], "connected");
+    assert!(secondary.log().contains("accepted at protocol version 1"), "{}", secondary.log());
+}
+
+/// A pair whose replication link runs through a fault-injecting proxy.
+fn pair_through_proxy(root: &Path, extra: &[&str]) -> (Served, Served, FaultProxy) {
+    let (pdir, sdir) = init_pair(root);
+    let secondary = start_secondary(&sdir, "127.0.0.1:0", &[], &[]);
+    let target = secondary.repl.as_deref().expect("repl").parse().expect("socket address");
+    let proxy = FaultProxy::start("127.0.0.1:0", target).expect("proxy");
+    let primary = start_primary(&pdir, &proxy.addr().to_string(), extra, &[]);
+    (primary, secondary, proxy)
+}
+
+fn put_in_background(addr: &str, key: &str) -> JoinHandle<Result<Duration, String>> {
+    let (addr, key) = (addr.to_string(), key.to_string());
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut client = Client::connect(&addr).map_err(|e| e.to_string())?;
+        client.put(key.as_bytes(), b"value").map_err(|e| e.to_string())?;
+        Ok(started.elapsed())
+    })
+}
+
+#[test]
+fn with_block_writes_wait_for_a_cut_peer_and_complete_when_it_returns() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (primary, secondary, proxy) = pair_through_proxy(root.path(), &[]);
+    expect_code(0, ["client", "--addr", &primary.client, "put", "before", "1"]);
+    proxy.set(Fault::Cut);
+    wait_until("the primary sees the link down", &[&primary], Duration::from_secs(10), || {
+        status(&primary.client)["link"] != "connected"
+    });
+    let put = put_in_background(&primary.client, "during");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!put.is_finished(), "a write was acknowledged without the secondary");
+    proxy.set(Fault::Pass);
+    put.join().expect("put thread").expect("the write completes once the peer is back");
+    assert_eq!(expect_code(0, ["client", "--addr", &secondary.client, "get", "during"]).stdout, "value");
+    let s = status(&primary.client);
+    assert_eq!(s["exposure_bytes"], 0);
+    assert_eq!(s["refusal"], Value::Null);
+
+    // A slow link delays writes but loses nothing.
+    proxy.set(Fault::Delay(Duration::from_millis(40)));
+    let took = put_in_background(&primary.client, "slow").join().expect("thread").expect("put over a slow link");
+    assert!(took >= Duration::from_millis(40), "a write returned before the delayed ack: {took:?}");
+}
+
+#[test]
+fn with_degrade_the_primary_goes_on_alone_shows_exposure_and_resyncs() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (primary, secondary, proxy) = pair_through_proxy(root.path(), &["--on-peer-loss", "degrade=300ms"]);
+    expect_code(0, ["client", "--addr", &primary.client, "put", "before", "1"]);
+    proxy.set(Fault::Drop);
+    let took = put_in_background(&primary.client, "alone").join().expect("thread").expect("put while degraded");
+    assert!(took >= Duration::from_millis(300), "answered alone before the degrade timeout: {took:?}");
+    assert!(took < Duration::from_secs(5), "degrade took {took:?}");
+    let s = status(&primary.client);
+    assert_eq!(s["degraded"], true, "{s}");
+    assert!(s["exposure_bytes"].as_u64().expect("exposure") > 0, "{s}");
+    // Later writes go on without waiting.
+    let took = put_in_background(&primary.client, "alone2").join().expect("thread").expect("put");
+    assert!(took < Duration::from_millis(300), "a degraded primary still waited {took:?}");
+
+    proxy.set(Fault::Pass);
+    wait_until(
+        "the secondary catches up and exposure is gone",
+        &[&primary, &secondary],
+        Duration::from_secs(30),
+        || {
+            let s = status(&primary.client);
+            s["degraded"] == false && s["exposure_bytes"] == 0 && s["link"] == "connected"
+        },
+    );
+    assert_eq!(expect_code(0, ["client", "--addr", &secondary.client, "get", "alone2"]).stdout, "value");
+    // Back in synchronous mode: a cut peer makes writes wait again (until the timeout).
+    proxy.set(Fault::Drop);
+    let took = put_in_background(&primary.client, "again").join().expect("thread").expect("put");
+    assert!(took >= Duration::from_millis(300), "not synchronous again after the resync: {took:?}");
+}
+
+#[test]
+fn sigterm_stops_both_nodes_cleanly_during_load() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    let (mut primary, mut secondary) = start_pair(&pdir, &sdir, &[]);
+    let writers = Writers::start(&primary.client, 4);
+    writers.wait_for(200, &[&primary, &secondary]);
+    primary.signal("-TERM");
+    assert_eq!(primary.wait_exit(Duration::from_secs(20)), Some(0), "{}", primary.log());
+    let acked = writers.finish();
+    assert_all_readable(&secondary.client, &acked);
+    secondary.signal("-TERM");
+    assert_eq!(secondary.wait_exit(Duration::from_secs(20)), Some(0), "{}", secondary.log());
+    expect_code(0, ["check", p(&pdir)]);
+    expect_code(0, ["check", p(&sdir)]);
+}
