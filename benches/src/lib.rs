@@ -8,6 +8,9 @@
 //! * W3 — bulk load of N records without durability, then one sync: ops/s, MiB/s.
 //! * W4 — N random gets over the W3 data with 1 and 2 threads: ops/s.
 //! * W5 — reopen time after W3, and space amplification.
+//!
+//! `lockstep-repl-bench` ([`replication`]) runs the durable write workload
+//! on a replicated pair at each sync level beside a single store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ pub mod device;
 pub mod engines;
 #[cfg(feature = "peers")]
 pub mod peers;
+pub mod replication;
 
 pub const KEY_LEN: usize = 16;
 pub const VALUE_LEN: usize = 100;
@@ -251,4 +255,29 @@ mod tests {
         assert_eq!((r.w1.ops, r.w2_64.ops, r.w3.ops, r.w4_2.ops), (20, 64, 2000, 2000));
         assert!(r.w5_space_amplification > 1.0);
     }
+}
+
+/// Where a benchmark run puts its directories: the one given, or a
+/// temporary one removed when this is dropped.
+#[derive(Debug)]
+pub struct RunDir {
+    pub path: std::path::PathBuf,
+    remove: bool,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub fn run_dir(given: Option<&Path>, name: &str) -> std::io::Result<RunDir> {
+    let (path, remove) = match given {
+        Some(p) => (p.to_path_buf(), false),
+        None => (std::env::temp_dir().join(format!("{name}-{}", std::process::id())), true),
+    };
+    std::fs::create_dir_all(&path)?;
+    Ok(RunDir { path, remove })
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use lockstep_benches::{device, engines, run_engine, EngineReport, Latency, Run, Sizes};
+use lockstep_benches::{device, engines, run_dir, run_engine, EngineReport, Latency, Run, Sizes};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     } else {
         Sizes { w1_ops: args.w1_ops, w2_ops: args.w2_ops, records: args.records }
     };
-    let tmp = tempfile_dir(args.dir.as_ref())?;
+    let tmp = run_dir(args.dir.as_deref(), "lockstep-bench")?;
     let root = tmp.path.clone();
     let load_before = loadavg();
     let progress = |what: &str| eprintln!("[lockstep-bench] {what}");
@@ -145,32 +145,4 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-/// A directory for the run: the given one, or a temporary one removed at the end.
-struct RunDir {
-    path: PathBuf,
-    remove: bool,
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-fn tempfile_dir(given: Option<&PathBuf>) -> std::io::Result<RunDir> {
-    match given {
-        Some(p) => {
-            std::fs::create_dir_all(p)?;
-            Ok(RunDir { path: p.clone(), remove: false })
-        }
-        None => {
-            let path = std::env::temp_dir().join(format!("lockstep-bench-{}", std::process::id()));
-            std::fs::create_dir_all(&path)?;
-            Ok(RunDir { path, remove: true })
-        }
-    }
 }
