@@ -51,8 +51,9 @@ fn config(dir: &Path, role: Role, peer: String, sync: SyncLevel) -> NodeConfig {
 }
 
 /// Runs `ops` durable puts with `writers` threads in a fresh directory
-/// under `root`.
-pub fn run(root: &Path, mode: Mode, writers: usize, ops: u64) -> Result<Run> {
+/// under `root` (the secondary's under `secondary_root`: another disk, or
+/// the same).
+pub fn run(root: &Path, secondary_root: &Path, mode: Mode, writers: usize, ops: u64) -> Result<Run> {
     let primary_dir = root.join(format!("{}-{writers}-primary", mode.name()));
     let store_id = Store::create(&primary_dir, &Options::default())?;
     let Mode::Replicated(sync) = mode else {
@@ -62,7 +63,7 @@ pub fn run(root: &Path, mode: Mode, writers: usize, ops: u64) -> Result<Run> {
         Arc::into_inner(store).ok_or("the store is still in use")?.close()?;
         return Ok(run);
     };
-    let secondary_dir = root.join(format!("{}-{writers}-secondary", mode.name()));
+    let secondary_dir = secondary_root.join(format!("{}-{writers}-secondary", mode.name()));
     Store::create(&secondary_dir, &Options { store_id: Some(store_id), ..Options::default() })?;
     let secondary = Node::start(config(&secondary_dir, Role::Secondary, "127.0.0.1:9".into(), sync))?;
     let peer = secondary.repl_addr().ok_or("the secondary has no replication address")?.to_string();

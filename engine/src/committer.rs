@@ -76,6 +76,9 @@ const COMMITTER_POLL: Duration = Duration::from_micros(1000);
 /// which saves the wake-up on every commit; with several writers waiting it
 /// would only take CPU from the committer, so they sleep at once.
 const LONE_WRITER_REPLY_POLL: Duration = Duration::from_millis(2);
+/// While groups wait for the replica and no request comes, the committer
+/// looks at the replica at least this often (it is also woken on progress).
+const REPLICA_POLL: Duration = Duration::from_millis(5);
 
 /// The next message, polling for `poll` before sleeping up to `timeout`.
 fn poll_then_wait<T>(rx: &Receiver<T>, poll: Duration, timeout: Duration) -> Result<T, RecvTimeoutError> {
@@ -249,13 +252,20 @@ impl std::fmt::Debug for LogWriter {
 /// The committer thread: drains the queue into groups that share one fsync.
 pub(crate) struct Committer {
     rx: Receiver<Cmd>,
+    /// The replica's wake-ups (see `crate::ReplicaWaker`).
+    wake: Receiver<()>,
     writer: Arc<Mutex<LogWriter>>,
     shared: Arc<Shared>,
 }
 
 impl Committer {
-    pub(crate) fn new(rx: Receiver<Cmd>, writer: Arc<Mutex<LogWriter>>, shared: Arc<Shared>) -> Self {
-        Committer { rx, writer, shared }
+    pub(crate) fn new(
+        rx: Receiver<Cmd>,
+        wake: Receiver<()>,
+        writer: Arc<Mutex<LogWriter>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Committer { rx, wake, writer, shared }
     }
 
     /// Serves requests until every [`crate::Store`] handle is gone, then
@@ -276,6 +286,36 @@ impl Committer {
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else if let Some(replica) = &self.shared.replica {
+                // Answer what both sites hold, then take the next request
+                // while the oldest groups wait for the replica.
+                self.complete_replicated(replica.as_ref(), &mut waiting);
+                if waiting.is_empty() {
+                    continue;
+                }
+                if waiting.len() >= INFLIGHT_BLOCKS_MAX {
+                    self.complete_oldest(&mut waiting);
+                    continue;
+                }
+                match self.rx.try_recv() {
+                    Ok(cmd) => cmd,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) if !lock(&self.writer).oldest_is_durable() => {
+                        self.complete_oldest(&mut waiting);
+                        continue;
+                    }
+                    // Sleep until a request, the replica's wake-up or a
+                    // timeout (the replica's own deadlines, e.g. peer loss).
+                    Err(TryRecvError::Empty) => crossbeam_channel::select! {
+                        recv(self.rx) -> cmd => match cmd {
+                            Ok(Cmd::FlushSoon) => continue,
+                            Ok(cmd) => cmd,
+                            Err(_) => break,
+                        },
+                        recv(self.wake) -> _ => continue,
+                        default(REPLICA_POLL) => continue,
+                    },
                 }
             } else {
                 match self.rx.try_recv() {
@@ -360,12 +400,36 @@ impl Committer {
 
     /// Whether to complete the oldest group now rather than build the next.
     /// With a replica, groups keep being built and shipped while earlier
-    /// ones wait for their acknowledgement, up to [`INFLIGHT_BLOCKS_MAX`];
-    /// the queue running dry also completes the oldest (see `run`).
+    /// ones wait for their acknowledgement (see `run`).
     fn should_complete_now(&self, waiting: &VecDeque<Waiting>) -> bool {
         match self.shared.replica {
             Some(_) => waiting.len() >= INFLIGHT_BLOCKS_MAX,
             None => lock(&self.writer).should_wait_now(),
+        }
+    }
+
+    /// Publishes and answers, in log order, every group that is durable
+    /// here and acknowledged by the replica, without blocking.
+    fn complete_replicated(&self, replica: &dyn crate::Replica, waiting: &mut VecDeque<Waiting>) {
+        while let Some(oldest) = waiting.front() {
+            let local = lock(&self.writer).poll_durable();
+            let ready = match local {
+                Ok(local) if oldest.end > local => return,
+                Ok(_) => replica.replicated(oldest.end),
+                Err(reason) => Err(reason),
+            };
+            let result = match ready {
+                Ok(None) => return,
+                Ok(Some(_)) => Ok(()),
+                Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
+            };
+            let Some(done) = waiting.pop_front() else { return };
+            if result.is_ok() {
+                self.shared.index.apply(&done.updates);
+            }
+            for cmd in done.group {
+                cmd.reply(result.clone().map_err(|reason| Error::Poisoned { reason }));
+            }
         }
     }
 
@@ -567,6 +631,23 @@ impl LogWriter {
         Ok(Checked { rolls, records, fingerprint: verified.fingerprint })
     }
 
+    /// The durable end after every write + sync in flight that already
+    /// completed; never blocks.
+    pub(crate) fn poll_durable(&mut self) -> Result<u64, String> {
+        while self.oldest_is_durable() && !self.inflight.is_empty() {
+            self.wait_oldest()?;
+        }
+        match lock(&self.shared.poisoned).clone() {
+            Some(reason) => Err(reason),
+            None => Ok(self.durable_end),
+        }
+    }
+
+    /// Whether the oldest write + sync in flight completed (or none is).
+    fn oldest_is_durable(&self) -> bool {
+        self.inflight.front().is_none_or(|(ticket, _)| ticket.is_done())
+    }
+
     /// Waits for the oldest write + sync in flight and returns the durable
     /// end after it (at once if nothing is in flight). A failure poisons the
     /// store and abandons every other pair in flight.
@@ -631,7 +712,7 @@ impl LogWriter {
     /// than build the next: the pipeline is full, or the oldest I/O already
     /// ended (std), so its writers are answered at once, not after the next block.
     fn should_wait_now(&self) -> bool {
-        self.inflight.len() >= INFLIGHT_BLOCKS_MAX || self.inflight.front().is_none_or(|(ticket, _)| ticket.is_done())
+        self.inflight.len() >= INFLIGHT_BLOCKS_MAX || self.oldest_is_durable()
     }
 
     /// Waits for the oldest `n` write + sync pairs in flight (all if fewer).

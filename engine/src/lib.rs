@@ -33,7 +33,7 @@ pub mod uring;
 
 pub use error::{Corruption, Error, Result};
 pub use format::{Fingerprint, NodeId, StoreId, FORMAT_VERSION};
-pub use replica::{LogBlock, PendingAppend, Replica};
+pub use replica::{LogBlock, PendingAppend, Replica, ReplicaWaker};
 pub use store::{Durability, Options, Scan, Store, StoreInfo, WriteBatch};
 
 /// Access to the engine's private index for the criterion benchmarks in

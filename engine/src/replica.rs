@@ -37,6 +37,23 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     /// the waiting writers and poisons the store: their bytes are in the
     /// local log but were never acknowledged.
     fn wait_replicated(&self, end: u64) -> std::result::Result<u64, String>;
+    /// [`Replica::wait_replicated`] without waiting: `None` while the
+    /// write ending at `end` may not be answered yet.
+    fn replicated(&self, end: u64) -> std::result::Result<Option<u64>, String>;
+    /// Called once when the store opens: `waker.wake()` makes the committer
+    /// look at [`Replica::replicated`] again (call it on progress).
+    fn set_waker(&self, waker: ReplicaWaker);
+}
+
+/// Wakes a store's committer (see [`Replica::set_waker`]).
+#[derive(Debug, Clone)]
+pub struct ReplicaWaker(pub(crate) crossbeam_channel::Sender<()>);
+
+impl ReplicaWaker {
+    pub fn wake(&self) {
+        // Wake-ups coalesce: one pending is enough; a closed store needs none.
+        let _ = self.0.try_send(());
+    }
 }
 
 /// A received block being appended: [`PendingAppend::wait`] returns once it

@@ -389,9 +389,13 @@ impl Store {
             replica: options.replica.clone(),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (wake_tx, wake) = crossbeam_channel::bounded(1);
+        if let Some(replica) = &options.replica {
+            replica.set_waker(crate::ReplicaWaker(wake_tx));
+        }
         let writer = LogWriter::new(shared.clone(), sb, active, spare, report.log_end, report.fingerprint)?;
         let writer = Arc::new(Mutex::new(writer));
-        let committer = Committer::new(rx, writer.clone(), shared.clone());
+        let committer = Committer::new(rx, wake, writer.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name("lockstep-committer".into())
             .spawn(move || committer.run())

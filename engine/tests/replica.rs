@@ -170,6 +170,7 @@ struct Gate {
     shipped: Vec<LogBlock>,
     released: u64,
     fail: Option<String>,
+    waker: Option<lockstep_engine::ReplicaWaker>,
 }
 
 impl lockstep_engine::Replica for GatedReplica {
@@ -180,20 +181,34 @@ impl lockstep_engine::Replica for GatedReplica {
     fn wait_replicated(&self, end: u64) -> Result<u64, String> {
         let mut state = self.state.lock().expect("gate");
         loop {
-            if let Some(reason) = &state.fail {
-                return Err(reason.clone());
-            }
-            if state.released >= end {
-                return Ok(state.released);
+            if let Some(done) = Self::check(&state, end) {
+                return done;
             }
             state = self.changed.wait(state).expect("gate");
         }
     }
+    fn replicated(&self, end: u64) -> Result<Option<u64>, String> {
+        Self::check(&self.state.lock().expect("gate"), end).transpose()
+    }
+    fn set_waker(&self, waker: lockstep_engine::ReplicaWaker) {
+        self.state.lock().expect("gate").waker = Some(waker);
+    }
 }
 
 impl GatedReplica {
+    fn check(state: &Gate, end: u64) -> Option<Result<u64, String>> {
+        match &state.fail {
+            Some(reason) => Some(Err(reason.clone())),
+            None => (state.released >= end).then_some(Ok(state.released)),
+        }
+    }
     fn update(&self, f: impl FnOnce(&mut Gate)) {
-        f(&mut self.state.lock().expect("gate"));
+        let mut state = self.state.lock().expect("gate");
+        f(&mut state);
+        if let Some(waker) = &state.waker {
+            waker.wake();
+        }
+        drop(state);
         self.changed.notify_all();
     }
     fn wait_shipped(&self, n: usize) -> Vec<LogBlock> {
@@ -261,4 +276,31 @@ fn a_replicated_store_refuses_buffered_durability() {
         Options { replica: Some(replica), durability: lockstep_engine::Durability::Buffered, ..small_options() };
     let err = Store::open(dir.path(), options).expect_err("must refuse");
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn later_blocks_are_shipped_while_earlier_ones_wait_and_are_answered_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = std::sync::Arc::new(GatedReplica::default());
+    let options = Options { replica: Some(replica.clone()), ..small_options() };
+    let store = std::sync::Arc::new(Store::open(dir.path(), options).expect("open"));
+    let put = |key: &'static str| {
+        let store = store.clone();
+        std::thread::spawn(move || store.put(key, "v"))
+    };
+    let first = put("a");
+    let shipped = replica.wait_shipped(1);
+    let second = put("b");
+    // The second block is built and shipped while the first still waits.
+    let shipped_both = replica.wait_shipped(2);
+    assert_eq!(shipped_both[0], shipped[0]);
+    let end = |b: &LogBlock| b.position + b.bytes.len() as u64;
+    replica.update(|g| g.released = end(&shipped_both[0]));
+    first.join().expect("thread").expect("first put");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert!(!second.is_finished(), "the second write was answered before the replica had it");
+    assert_eq!(store.get("b").expect("get"), None);
+    replica.update(|g| g.released = end(&shipped_both[1]));
+    second.join().expect("thread").expect("second put");
+    assert_eq!(store.get("b").expect("get").as_deref(), Some(&b"v"[..]));
 }

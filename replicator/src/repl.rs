@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use lockstep_engine::{LogBlock, Replica};
+use lockstep_engine::{LogBlock, Replica, ReplicaWaker};
 
 use crate::protocol::{PeerLoss, SyncLevel};
 
@@ -115,8 +115,10 @@ pub struct Inner {
     pub lag: LagClock,
     /// Set when the node shuts down: waiting writers fail.
     pub closing: bool,
-    /// Bumped to end the current session (a newer one replaces it).
-    pub session: u64,
+    /// The write end the committer is waiting for, and since when (the
+    /// peer-loss clock).
+    pub waiting_since: Option<(u64, Instant)>,
+    pub waker: Option<ReplicaWaker>,
 }
 
 /// A node's replication state; implements the engine's [`Replica`] hook.
@@ -149,7 +151,8 @@ impl ReplState {
                 catchup: None,
                 lag: LagClock::default(),
                 closing: false,
-                session: 0,
+                waiting_since: None,
+                waker: None,
             }),
             changed: Condvar::new(),
         }
@@ -159,9 +162,15 @@ impl ReplState {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Changes the state and wakes everyone waiting on it.
+    /// Changes the state and wakes everyone waiting on it (the store's
+    /// committer too).
     pub fn update<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let out = f(&mut self.lock());
+        let mut s = self.lock();
+        let out = f(&mut s);
+        if let Some(waker) = &s.waker {
+            waker.wake();
+        }
+        drop(s);
         self.changed.notify_all();
         out
     }
@@ -203,62 +212,87 @@ impl ReplState {
 
 impl Replica for ReplState {
     fn ship(&self, block: &LogBlock) {
-        self.update(|s| {
-            let end = block.position + block.bytes.len() as u64;
-            s.shipped_end = end;
-            s.lag.mark(end);
-            s.ring_bytes += block.bytes.len();
-            s.ring.push_back(block.clone());
-            while s.ring_bytes > SHIP_RING_BYTES_MAX {
-                let Some(old) = s.ring.pop_front() else { break };
-                s.ring_bytes -= old.bytes.len();
-            }
-        });
+        // Called by the committer: wakes the sender, not the committer.
+        let mut s = self.lock();
+        let end = block.position + block.bytes.len() as u64;
+        s.shipped_end = end;
+        s.lag.mark(end);
+        s.ring_bytes += block.bytes.len();
+        s.ring.push_back(block.clone());
+        while s.ring_bytes > SHIP_RING_BYTES_MAX {
+            let Some(old) = s.ring.pop_front() else { break };
+            s.ring_bytes -= old.bytes.len();
+        }
+        drop(s);
+        self.changed.notify_all();
     }
 
     fn wait_replicated(&self, end: u64) -> Result<u64, String> {
-        let started = Instant::now();
         let mut s = self.lock();
         loop {
-            if s.closing {
-                return Err("the node shut down before the secondary acknowledged the write".into());
+            match self.check(&mut s, end) {
+                Ok(None) => s = self.wait(s, Duration::from_millis(5)),
+                done => return done.map(|answerable| answerable.unwrap_or(end)),
             }
-            let acknowledged = match self.sync {
-                SyncLevel::Durable => s.peer_durable,
-                SyncLevel::Received => s.peer_received,
-                SyncLevel::Async => s.peer_durable + ASYNC_LAG_BYTES_MAX,
-            };
-            if acknowledged >= end {
-                let answerable = end.max(acknowledged.min(s.shipped_end));
-                if self.sync != SyncLevel::Durable {
-                    s.alone_end = s.alone_end.max(answerable);
-                }
-                return Ok(answerable);
-            }
-            if s.degraded {
-                s.alone_end = s.alone_end.max(end);
-                return Ok(end);
-            }
-            let mut timeout = Duration::from_millis(100);
-            if let PeerLoss::Degrade { after_ms } = self.peer_loss {
-                let after = Duration::from_millis(after_ms);
-                match after.checked_sub(started.elapsed()) {
-                    Some(left) if !left.is_zero() => timeout = timeout.min(left),
-                    _ => {
-                        tracing::warn!(
-                            "no acknowledgement from the secondary for {after_ms} ms (link {}): continuing alone \
-                             from position {}; the unreplicated range shows as exposure in status",
-                            s.link.name(),
-                            s.peer_durable
-                        );
-                        s.degraded = true;
-                        s.degraded_at = s.peer_durable;
-                        continue;
-                    }
-                }
-            }
-            s = self.wait(s, timeout);
         }
+    }
+
+    fn replicated(&self, end: u64) -> Result<Option<u64>, String> {
+        self.check(&mut self.lock(), end)
+    }
+
+    fn set_waker(&self, waker: ReplicaWaker) {
+        self.update(|s| s.waker = Some(waker));
+    }
+}
+
+impl ReplState {
+    /// Whether the write ending at `end` may be answered now, and up to
+    /// where; `None` while it must wait. Starts the peer-loss clock the
+    /// first time it is asked about `end`.
+    fn check(&self, s: &mut Inner, end: u64) -> Result<Option<u64>, String> {
+        if s.closing {
+            return Err("the node shut down before the secondary acknowledged the write".into());
+        }
+        let acknowledged = match self.sync {
+            SyncLevel::Durable => s.peer_durable,
+            SyncLevel::Received => s.peer_received,
+            SyncLevel::Async => s.peer_durable + ASYNC_LAG_BYTES_MAX,
+        };
+        if acknowledged >= end {
+            let answerable = end.max(acknowledged.min(s.shipped_end));
+            if self.sync != SyncLevel::Durable {
+                s.alone_end = s.alone_end.max(answerable);
+            }
+            return Ok(Some(answerable));
+        }
+        if s.degraded {
+            s.alone_end = s.alone_end.max(end);
+            return Ok(Some(end));
+        }
+        let PeerLoss::Degrade { after_ms } = self.peer_loss else {
+            return Ok(None);
+        };
+        let since = match s.waiting_since {
+            Some((at, since)) if at == end => since,
+            _ => {
+                s.waiting_since = Some((end, Instant::now()));
+                return Ok(None);
+            }
+        };
+        if since.elapsed() < Duration::from_millis(after_ms) {
+            return Ok(None);
+        }
+        tracing::warn!(
+            "no acknowledgement from the secondary for {after_ms} ms (link {}): continuing alone from position {}; \
+             the unreplicated range shows as exposure in status",
+            s.link.name(),
+            s.peer_durable
+        );
+        s.degraded = true;
+        s.degraded_at = s.peer_durable;
+        s.alone_end = s.alone_end.max(end);
+        Ok(Some(end))
     }
 }
 

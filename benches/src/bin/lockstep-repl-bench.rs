@@ -16,6 +16,10 @@ struct Args {
     /// Where the stores go (default: a temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Where the secondary's store goes (default: beside the primary's,
+    /// on the same disk).
+    #[arg(long)]
+    secondary_dir: Option<PathBuf>,
     /// Writer counts to run.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64])]
     writers: Vec<usize>,
@@ -32,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
     let dir = run_dir(args.dir.as_deref(), "lockstep-repl-bench")?;
     let root = dir.path.clone();
+    let secondary_dir = run_dir(args.secondary_dir.as_deref(), "lockstep-repl-bench-secondary")?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("lockstep-repl-bench: durable puts (16 B keys, 100 B values), loopback pair, load {}", load.trim());
     println!(
@@ -43,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let ops = args.ops * (writers as u64 / 4).max(1);
         let mut base = None;
         for mode in Mode::ALL {
-            let r = run(&root, mode, writers, ops)?;
+            let r = run(&root, &secondary_dir.path, mode, writers, ops)?;
             let (ops_base, p50_base) = *base.get_or_insert((r.ops_per_sec, r.latency.p50_us));
             let (ratio, p50_ratio) = (r.ops_per_sec / ops_base, r.latency.p50_us / p50_base);
             println!(
