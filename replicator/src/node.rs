@@ -733,8 +733,10 @@ impl Shared {
     fn send_heartbeat(&self, sender: &Sender) -> std::io::Result<()> {
         let info = self.store.info();
         let commit_position = self.repl.lock().peer_durable;
+        // Log end and fingerprint are read together: a consistent pair the
+        // secondary checks its own log against when it is at that position.
         sender.send(&[Message::Heartbeat {
-            log_end: info.durable_end,
+            log_end: info.log_end,
             fingerprint: info.fingerprint,
             commit_position,
             time_ms: now_ms(),
@@ -883,13 +885,17 @@ impl Shared {
                         }
                     }
                 }
-                Message::Heartbeat { log_end, .. } => {
+                Message::Heartbeat { log_end, fingerprint, .. } => {
                     let received = self.repl.update(|s| {
                         s.peer_durable = s.peer_durable.max(log_end);
                         s.lag.mark(log_end);
                         s.shipped_end
                     });
-                    let durable = self.store.info().durable_end;
+                    let info = self.store.info();
+                    let durable = info.durable_end;
+                    if durable == log_end && info.log_end == log_end {
+                        self.verify_tail(log_end, fingerprint, info.fingerprint);
+                    }
                     if let Err(e) = sender.send(&[Message::Ack { received_end: received, durable_end: durable }]) {
                         return SessionEnd::Io(e);
                     }
@@ -910,6 +916,23 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Compares the primary's fingerprint at `position` with this log's:
+    /// equal proves the two logs identical up to there.
+    fn verify_tail(&self, position: u64, primary: lockstep_engine::Fingerprint, ours: lockstep_engine::Fingerprint) {
+        self.repl.update(|s| {
+            if primary == ours {
+                s.verified = Some((position, Instant::now()));
+            } else if s.divergence.is_none() {
+                let reason = format!(
+                    "at position {position} the primary's log fingerprint is {primary}, this secondary's {ours}: \
+                     the logs differ; stop and compare both with `lockstep inspect`"
+                );
+                tracing::error!("{reason}");
+                s.divergence = Some(reason);
+            }
+        });
     }
 
     /// Waits for each append in order and acknowledges it durable.
@@ -983,6 +1006,9 @@ impl Shared {
             "degraded": s.degraded,
             "exposure_bytes": if primary { ReplState::exposure(&s) } else { 0 },
             "catchup": catchup,
+            "verified_position": s.verified.map(|(position, _)| position),
+            "verified_ago_ms": s.verified.map(|(_, at)| at.elapsed().as_millis() as u64),
+            "divergence": s.divergence,
             "keys": info.keys,
             "software_version": env!("CARGO_PKG_VERSION"),
         })
@@ -1014,6 +1040,11 @@ impl Shared {
                 Ok((kind, payload)) => Request::decode(kind, &payload),
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     let _ = self.reply(&sender, Response::Error { code: 64, message: format!("bad request: {e}") });
+                    // Close gently: unread input would turn the close into a
+                    // reset that can destroy the answer before it is read.
+                    let _ = stream.shutdown(Shutdown::Write);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                    let _ = std::io::copy(&mut std::io::Read::take(reader, 1 << 20), &mut std::io::sink());
                     return;
                 }
                 Err(_) => return,

@@ -799,4 +799,33 @@ mod tests {
         };
         assert_eq!(reason.len(), TEXT_LEN_MAX);
     }
+
+    proptest::proptest! {
+        /// Any bytes after a valid header: a clean error or a value that
+        /// round-trips; never a panic.
+        #[test]
+        fn arbitrary_payloads_never_panic(kind in 0u16..40, payload in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let bytes = frame(kind, &payload);
+            let (k, p) = decode_frame(&bytes).expect("a frame we built");
+            if let Ok(m) = Message::decode(k, p) {
+                let again = m.encode();
+                let (k2, p2) = decode_frame(&again).expect("re-encoded frame");
+                proptest::prop_assert_eq!(Message::decode(k2, p2).expect("re-decoded"), m);
+            }
+            if let Ok(r) = Request::decode(k, p) {
+                proptest::prop_assert_eq!(Request::decode(KIND_REQUEST, &r.encode()[FRAME_HEADER_LEN..]).expect("re-decoded"), r);
+            }
+            if let Ok(r) = Response::decode(k, p) {
+                proptest::prop_assert_eq!(Response::decode(KIND_RESPONSE, &r.encode()[FRAME_HEADER_LEN..]).expect("re-decoded"), r);
+            }
+        }
+
+        /// Arbitrary bytes as a whole frame: never a panic, never an
+        /// allocation beyond the limits.
+        #[test]
+        fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = decode_frame(&bytes);
+            let _ = read_frame(&mut &bytes[..]);
+        }
+    }
 }

@@ -119,6 +119,11 @@ pub struct Inner {
     /// peer-loss clock).
     pub waiting_since: Option<(u64, Instant)>,
     pub waker: Option<ReplicaWaker>,
+    /// Secondary: the last position where both logs' fingerprints were
+    /// compared and found equal, and when.
+    pub verified: Option<(u64, Instant)>,
+    /// Secondary: a fingerprint mismatch found by that comparison.
+    pub divergence: Option<String>,
 }
 
 /// A node's replication state; implements the engine's [`Replica`] hook.
@@ -153,6 +158,8 @@ impl ReplState {
                 closing: false,
                 waiting_since: None,
                 waker: None,
+                verified: None,
+                divergence: None,
             }),
             changed: Condvar::new(),
         }

@@ -207,6 +207,12 @@ fn a_restarted_secondary_catches_up_to_a_byte_identical_log() {
         s["link"] == "connected" && s["peer_durable"] == s["durable_end"] && s["lag_bytes"] == 0
     });
     assert_all_readable(&secondary.client, &acked);
+    // Heartbeats prove the logs identical up to the end.
+    let end = status(&primary.client)["log_end"].clone();
+    wait_until("the secondary verified the tail", &[&primary, &secondary], Duration::from_secs(10), || {
+        status(&secondary.client)["verified_position"] == end
+    });
+    assert_eq!(status(&secondary.client)["divergence"], Value::Null);
     for node in [&primary, &secondary] {
         node.signal("-TERM");
     }
@@ -401,4 +407,58 @@ fn sigterm_stops_both_nodes_cleanly_during_load() {
     assert_eq!(secondary.wait_exit(Duration::from_secs(20)), Some(0), "{}", secondary.log());
     expect_code(0, ["check", p(&pdir)]);
     expect_code(0, ["check", p(&sdir)]);
+}
+
+#[test]
+fn an_unreachable_peer_is_reported_and_an_incompatible_one_refused_while_running() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    // Reserve an address nobody listens on yet.
+    let repl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let primary = start_primary(&pdir, &repl, &[], &[]);
+    wait_until("the primary reports the peer unreachable", &[&primary], Duration::from_secs(10), || {
+        status(&primary.client)["link"] == "unreachable"
+    });
+    let secondary = start_secondary(&sdir, &repl, &[], &[]);
+    wait_until("the pair connects", &[&primary, &secondary], Duration::from_secs(10), || {
+        status(&primary.client)["link"] == "connected"
+    });
+    expect_code(0, ["client", "--addr", &primary.client, "put", "k", "v"]);
+    drop(secondary);
+
+    // Another store answers at the peer's address: refused, and the running
+    // primary keeps running and says why.
+    let other = root.path().join("other");
+    expect_code(0, ["init", p(&other), "--segment-size", SEGMENT_SIZE]);
+    let mut impostor = start_secondary(&other, &repl, &[], &[]);
+    assert_eq!(impostor.wait_exit(Duration::from_secs(20)), Some(76), "{}", impostor.log());
+    let s = status(&primary.client);
+    assert_eq!(s["link"], "refused", "{s}");
+    assert!(s["refusal"].as_str().is_some_and(|r| r.contains("store ids differ")), "{s}");
+    assert_eq!(expect_code(0, ["client", "--addr", &primary.client, "get", "k"]).stdout, "v");
+}
+
+#[test]
+fn garbage_on_the_client_port_gets_an_error_and_the_node_keeps_serving() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().expect("tempdir");
+    let (pdir, sdir) = init_pair(root.path());
+    let (primary, _secondary) = start_pair(&pdir, &sdir, &[]);
+    let mut raw = std::net::TcpStream::connect(&primary.client).expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: lockstep\r\n\r\n").expect("write");
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).expect("read");
+    let (kind, payload) = lockstep_replicator::protocol::decode_frame(&answer).expect("one frame");
+    match lockstep_replicator::protocol::Response::decode(kind, payload).expect("a response") {
+        lockstep_replicator::protocol::Response::Error { code, message } => {
+            assert_eq!(code, 64);
+            assert!(message.contains("bad request"), "{message}");
+        }
+        other => panic!("garbage got {other:?}"),
+    }
+    expect_code(0, ["client", "--addr", &primary.client, "put", "k", "v"]);
+    // An oversized key is a clear error too.
+    let long = "k".repeat(70_000);
+    let run = expect_code(64, ["client", "--addr", &primary.client, "put", &long, "v"]);
+    assert!(run.stderr.contains("key"), "{}", run.stderr);
 }
