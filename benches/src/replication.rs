@@ -55,6 +55,8 @@ fn config(dir: &Path, role: Role, peer: String, sync: SyncLevel) -> NodeConfig {
 /// the same).
 pub fn run(root: &Path, secondary_root: &Path, mode: Mode, writers: usize, ops: u64) -> Result<Run> {
     let primary_dir = root.join(format!("{}-{writers}-primary", mode.name()));
+    std::fs::create_dir_all(root)?;
+    std::fs::create_dir_all(secondary_root)?;
     let store_id = Store::create(&primary_dir, &Options::default())?;
     let Mode::Replicated(sync) = mode else {
         let store = Arc::new(Store::open(&primary_dir, Options::default())?);

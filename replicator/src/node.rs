@@ -157,16 +157,15 @@ impl Node {
     /// unreachable peer is reported in status, a refused one in
     /// [`Node::fatal`].
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let probe = Store::open(&config.dir, Options { create_if_missing: false, ..Options::default() })?;
-        let log_end = probe.info().log_end;
-        probe.close()?;
-        let repl = Arc::new(ReplState::new(config.sync, config.peer_loss, log_end));
+        let repl = Arc::new(ReplState::new(config.sync, config.peer_loss));
         let replica: Option<Arc<dyn lockstep_engine::Replica>> = match config.role {
             Role::Primary => Some(repl.clone()),
             Role::Secondary => None,
         };
         let options = Options { create_if_missing: false, replica, ..Options::default() };
         let store = Arc::new(Store::open(&config.dir, options)?);
+        let log_end = store.info().log_end;
+        repl.update(|s| s.shipped_end = log_end);
         let repl_listener = match config.role {
             Role::Secondary => Some(bind(&config.repl, "replication")?),
             Role::Primary => None,
@@ -204,8 +203,10 @@ impl Node {
         Ok(Node { shared, threads, client_addr, repl_addr })
     }
 
-    pub fn store(&self) -> &Store {
-        &self.shared.store
+    /// The store's extent, ids and fingerprint. (The store itself is not
+    /// handed out: a write that bypassed the node would diverge a secondary.)
+    pub fn info(&self) -> StoreInfo {
+        self.shared.store.info()
     }
 
     /// The bound client address (useful when started on port 0).
@@ -241,6 +242,11 @@ impl Node {
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<bytes::Bytes>, NodeError> {
         Ok(self.shared.store.get(key)?)
+    }
+
+    /// Key/value pairs whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<lockstep_engine::Scan, NodeError> {
+        Ok(self.shared.store.scan_prefix(prefix)?)
     }
 
     /// The node's status: the JSON object `lockstep status --json` prints.

@@ -136,7 +136,7 @@ pub struct ReplState {
 }
 
 impl ReplState {
-    pub fn new(sync: SyncLevel, peer_loss: PeerLoss, log_end: u64) -> ReplState {
+    pub fn new(sync: SyncLevel, peer_loss: PeerLoss) -> ReplState {
         ReplState {
             sync,
             peer_loss,
@@ -147,7 +147,7 @@ impl ReplState {
                 accepted_once: false,
                 ring: VecDeque::new(),
                 ring_bytes: 0,
-                shipped_end: log_end,
+                shipped_end: 0,
                 peer_received: 0,
                 peer_durable: 0,
                 alone_end: 0,
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn durable_waits_for_the_ack_and_degrade_goes_on_alone_then_resyncs() {
-        let state = std::sync::Arc::new(ReplState::new(SyncLevel::Durable, PeerLoss::Degrade { after_ms: 50 }, 0));
+        let state = std::sync::Arc::new(ReplState::new(SyncLevel::Durable, PeerLoss::Degrade { after_ms: 50 }));
         state.ship(&block(0, 100));
         let waiter = {
             let state = state.clone();
@@ -341,11 +341,11 @@ mod tests {
 
     #[test]
     fn block_waits_until_closing_and_async_allows_a_bounded_lag() {
-        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block, 0);
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block);
         state.update(|s| s.closing = true);
         assert!(state.wait_replicated(1).is_err());
 
-        let state = std::sync::Arc::new(ReplState::new(SyncLevel::Async, PeerLoss::Block, 0));
+        let state = std::sync::Arc::new(ReplState::new(SyncLevel::Async, PeerLoss::Block));
         state.ship(&block(0, ASYNC_LAG_BYTES_MAX as usize + 1));
         assert_eq!(state.wait_replicated(ASYNC_LAG_BYTES_MAX), Ok(ASYNC_LAG_BYTES_MAX));
         assert_eq!(ReplState::exposure(&state.lock()), ASYNC_LAG_BYTES_MAX);
@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_recent_blocks_within_its_byte_bound() {
-        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block, 0);
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block);
         let len = 1 << 20;
         for i in 0..40u64 {
             state.ship(&block(i * len as u64, len));

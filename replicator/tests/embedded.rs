@@ -37,7 +37,9 @@ fn an_embedded_pair_replicates_writes_and_the_secondary_refuses_them() {
     // Acknowledged means durable on both sites: readable there at once.
     assert_eq!(secondary.get("patient/18").expect("get").as_deref(), Some(&b"ok"[..]));
     assert_eq!(secondary.get("patient/17").expect("get"), None);
-    assert_eq!(secondary.store().info().fingerprint, primary.store().info().fingerprint);
+    assert_eq!(secondary.info().fingerprint, primary.info().fingerprint);
+    let scanned: Vec<_> = secondary.scan_prefix("patient/").expect("scan").map(|r| r.expect("item").0).collect();
+    assert_eq!(scanned, vec![bytes::Bytes::from_static(b"patient/18")]);
 
     let err = secondary.put("x", "y").expect_err("a secondary takes no writes");
     assert!(matches!(err, NodeError::NotPrimary { .. }), "{err}");

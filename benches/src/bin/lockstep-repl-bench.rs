@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use lockstep_benches::replication::{run, Mode};
-use lockstep_benches::run_dir;
+use lockstep_benches::{run_dir, Run};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -27,6 +27,10 @@ struct Args {
     /// times as many (at least as many).
     #[arg(long, default_value_t = 3_000)]
     ops: u64,
+    /// Runs of each row; the row reports the run with the median ops/s.
+    /// Modes take turns, so drift on a noisy machine hits them alike.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Write the results as one JSON object to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -46,9 +50,17 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut rows = Vec::new();
     for &writers in &args.writers {
         let ops = args.ops * (writers as u64 / 4).max(1);
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); Mode::ALL.len()];
+        for round in 0..args.repeat.max(1) {
+            for (i, mode) in Mode::ALL.iter().enumerate() {
+                let sub = root.join(format!("round-{round}"));
+                runs[i].push(run(&sub, &secondary_dir.path.join(format!("round-{round}")), *mode, writers, ops)?);
+            }
+        }
         let mut base = None;
-        for mode in Mode::ALL {
-            let r = run(&root, &secondary_dir.path, mode, writers, ops)?;
+        for (mode, mut mode_runs) in Mode::ALL.into_iter().zip(runs) {
+            mode_runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            let r = mode_runs[mode_runs.len() / 2];
             let (ops_base, p50_base) = *base.get_or_insert((r.ops_per_sec, r.latency.p50_us));
             let (ratio, p50_ratio) = (r.ops_per_sec / ops_base, r.latency.p50_us / p50_base);
             println!(
