@@ -166,13 +166,12 @@ impl Node {
         let store = Arc::new(Store::open(&config.dir, options)?);
         let log_end = store.info().log_end;
         repl.update(|s| s.shipped_end = log_end);
-        let repl_listener = match config.role {
-            Role::Secondary => Some(bind(&config.repl, "replication")?),
-            Role::Primary => None,
-        };
+        // A primary listens too: a peer that dials it (another primary) is
+        // refused by the handshake rather than left unanswered.
+        let repl_listener = bind(&config.repl, "replication")?;
         let client_listener = config.client.as_deref().map(|a| bind(a, "clients")).transpose()?;
         let local = |l: &TcpListener| l.local_addr().map_err(io_error("reading a listen address"));
-        let repl_addr = repl_listener.as_ref().map(local).transpose()?;
+        let repl_addr = Some(local(&repl_listener)?);
         let client_addr = client_listener.as_ref().map(local).transpose()?;
         let shared = Arc::new(Shared {
             config,
@@ -186,15 +185,11 @@ impl Node {
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(f).map_err(io_error("starting a thread"))
         };
-        match repl_listener {
-            Some(listener) => {
-                let s = shared.clone();
-                threads.push(spawn("lockstep-repl-listen", Box::new(move || s.listen_replication(listener)))?);
-            }
-            None => {
-                let s = shared.clone();
-                threads.push(spawn("lockstep-repl-dial", Box::new(move || s.dial()))?);
-            }
+        let s = shared.clone();
+        threads.push(spawn("lockstep-repl-listen", Box::new(move || s.listen_replication(repl_listener)))?);
+        if shared.config.role == Role::Primary {
+            let s = shared.clone();
+            threads.push(spawn("lockstep-repl-dial", Box::new(move || s.dial()))?);
         }
         if let Some(listener) = client_listener {
             let s = shared.clone();
@@ -766,10 +761,16 @@ impl Shared {
                 let mut stream = stream;
                 shared.register(&stream);
                 let mut connected = false;
-                let end = shared.secondary_session(&mut stream, &mut connected);
+                let end = match shared.config.role {
+                    Role::Secondary => shared.secondary_session(&mut stream, &mut connected),
+                    Role::Primary => shared.inbound_on_primary(&mut stream),
+                };
                 let _ = stream.shutdown(Shutdown::Both);
                 shared.unregister(&stream);
-                if !shared.stopping() {
+                // On a primary the link is its own dialed one; only a refusal
+                // of an inbound peer is news.
+                let news = shared.config.role == Role::Secondary || matches!(end, SessionEnd::Refused(_));
+                if news && !shared.stopping() {
                     shared.session_ended(&end, connected);
                 }
             });
@@ -809,6 +810,23 @@ impl Shared {
                 }
             }
         })
+    }
+
+    /// A peer dialed this primary: only another primary would (a secondary
+    /// waits to be dialed), and the handshake refuses it.
+    fn inbound_on_primary(&self, stream: &mut TcpStream) -> SessionEnd {
+        let sender = match Sender::new(stream) {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Io(e),
+        };
+        match self.handshake(stream, &sender) {
+            Ok(peer) => SessionEnd::Io(invalid(format!(
+                "{} {} dialed this primary; a primary dials its secondary, so the connection is closed",
+                peer.role.name(),
+                peer.node_id
+            ))),
+            Err(end) => end,
+        }
     }
 
     fn secondary_session(self: &Arc<Self>, stream: &mut TcpStream, connected: &mut bool) -> SessionEnd {

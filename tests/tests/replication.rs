@@ -462,3 +462,25 @@ fn garbage_on_the_client_port_gets_an_error_and_the_node_keeps_serving() {
     let run = expect_code(64, ["client", "--addr", &primary.client, "put", &long, "v"]);
     assert!(run.stderr.contains("key"), "{}", run.stderr);
 }
+
+#[test]
+fn two_primaries_refuse_each_other_with_exit_76() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (adir, bdir) = init_pair(root.path());
+    // Each dials the other's replication address; pick B's port first.
+    let b_repl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let mut a = start_primary(&adir, &b_repl, &[], &[]);
+    let a_repl = a.repl.clone().expect("a primary listens on --repl");
+    let mut args = primary_args(&bdir, &a_repl, &[]);
+    let at = args.iter().position(|x| x == "--repl").expect("--repl") + 1;
+    args[at] = b_repl;
+    let (b_code, b_log) = match try_serve(&args, &[], &bdir.with_extension("primary.log")) {
+        Ok(mut b) => (b.wait_exit(Duration::from_secs(20)), b.log()),
+        Err(run) => (Some(run.code), run.stderr),
+    };
+    assert_eq!(b_code, Some(76), "{b_log}");
+    assert_eq!(a.wait_exit(Duration::from_secs(20)), Some(76), "{}", a.log());
+    for log in [b_log, a.log()] {
+        assert!(log.contains("both nodes claim the role primary"), "{log}");
+    }
+}
