@@ -25,9 +25,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::error::{Error, Result};
 use crate::files::{self, SegmentStart};
 use crate::format::{
-    block_seed, finished_block_len, record_len, segment_data_len, verify_block, BlockBuilder, Fingerprint, Seal,
-    SegmentDigester, Superblock, BLOCK_HEADER_LEN, BLOCK_LEN_MAX, RECORD_KIND_DELETE, SEAL_REGION,
-    SEGMENT_HEADER_REGION,
+    block_seed, finished_block_len, record_len, segment_data_len, verify_block, BlockBuilder, EpochStart, Fingerprint,
+    Seal, SegmentDigester, Superblock, BLOCK_HEADER_LEN, BLOCK_LEN_MAX, COMPAT_UNREPLICATED_ACKS, EPOCH_HISTORY_MAX,
+    RECORD_KIND_DELETE, SEAL_REGION, SEGMENT_HEADER_REGION,
 };
 use crate::replica::LogBlock;
 use crate::storage::{StorageFile, SyncTicket};
@@ -145,6 +145,8 @@ pub(crate) enum Cmd {
     FlushSoon,
     /// Append a block received from the primary durably.
     Replicated(LogBlock, Sender<Result<()>>),
+    /// Begin the next epoch at the log end; answer with it.
+    Promote(Sender<Result<u64>>),
 }
 
 impl Cmd {
@@ -152,14 +154,20 @@ impl Cmd {
         match self {
             Cmd::Write(w, _) => w.records.len(),
             Cmd::Replicated(b, _) => b.bytes.len(),
-            Cmd::Sync(_) | Cmd::FlushSoon => 0,
+            Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(_) => 0,
         }
     }
 
     fn reply(self, result: Result<()>) {
-        if let Cmd::Write(_, reply) | Cmd::Sync(reply) | Cmd::Replicated(_, reply) = self {
+        match self {
             // A writer that gave up waiting is not an error of the committer.
-            let _ = reply.send(result);
+            Cmd::Write(_, reply) | Cmd::Sync(reply) | Cmd::Replicated(_, reply) => {
+                let _ = reply.send(result);
+            }
+            Cmd::Promote(reply) => {
+                let _ = reply.send(result.map(|()| 0));
+            }
+            Cmd::FlushSoon => {}
         }
     }
 }
@@ -225,6 +233,7 @@ type IndexUpdate = (Bytes, Option<Loc>);
 struct Cursor {
     position: u64,
     fingerprint: Fingerprint,
+    epoch: u64,
     segment: u64,
     /// Free bytes left in `segment`.
     room: usize,
@@ -235,6 +244,7 @@ struct Cursor {
 /// fingerprint after it.
 struct Checked {
     rolls: bool,
+    epoch: u64,
     records: Vec<(Bytes, u64, u32, bool)>,
     fingerprint: Fingerprint,
 }
@@ -327,19 +337,37 @@ impl Committer {
                     }
                 }
             };
-            let group = self.gather(first);
-            if group.iter().any(|cmd| matches!(cmd, Cmd::Replicated(..))) {
-                self.submit_replicated(group, &mut waiting);
+            if let Cmd::Promote(reply) = first {
+                self.promote(&mut waiting, reply);
                 continue;
             }
+            let (group, promote) = self.gather(first);
+            if group.iter().any(|cmd| matches!(cmd, Cmd::Replicated(..))) {
+                self.submit_replicated(group, &mut waiting);
+            } else {
+                self.submit_writes(group, &mut waiting);
+            }
+            if let Some(reply) = promote {
+                self.promote(&mut waiting, reply);
+            }
+        }
+        while !waiting.is_empty() {
+            self.complete_oldest(&mut waiting);
+        }
+        lock(&self.writer).finish()
+    }
+
+    /// Appends the writes of `group` and starts making them durable.
+    fn submit_writes(&self, group: Vec<Cmd>, waiting: &mut VecDeque<Waiting>) {
+        {
             let requests: Vec<&WriteRequest> =
                 group.iter().filter_map(|cmd| if let Cmd::Write(w, _) = cmd { Some(w) } else { None }).collect();
             let submitted = lock(&self.writer).submit(&requests);
             match submitted {
                 Ok((end, updates)) => {
                     waiting.push_back(Waiting { end, group, updates });
-                    if self.should_complete_now(&waiting) {
-                        self.complete_oldest(&mut waiting);
+                    if self.should_complete_now(waiting) {
+                        self.complete_oldest(waiting);
                     }
                 }
                 Err(reason) => {
@@ -349,10 +377,6 @@ impl Committer {
                 }
             }
         }
-        while !waiting.is_empty() {
-            self.complete_oldest(&mut waiting);
-        }
-        lock(&self.writer).finish()
     }
 
     /// Appends the received blocks of `group` (in order, up to the first
@@ -389,7 +413,7 @@ impl Committer {
                 Cmd::Write(..) => cmd.reply(Err(Error::InvalidArgument(
                     "this store receives a replicated log; write through the primary".into(),
                 ))),
-                Cmd::Sync(_) | Cmd::FlushSoon => answered.push(cmd),
+                Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(_) => answered.push(cmd),
             }
         }
         waiting.push_back(Waiting { end, group: answered, updates });
@@ -420,7 +444,7 @@ impl Committer {
             };
             let result = match ready {
                 Ok(None) => return,
-                Ok(Some(_)) => Ok(()),
+                Ok(Some(r)) => lock(&self.writer).note_alone(r.alone),
                 Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
             };
             let Some(done) = waiting.pop_front() else { return };
@@ -434,11 +458,13 @@ impl Committer {
     }
 
     /// `first` and whatever else is queued, up to [`GROUP_BYTES_MAX`].
-    fn gather(&self, first: Cmd) -> Vec<Cmd> {
+    fn gather(&self, first: Cmd) -> (Vec<Cmd>, Option<Sender<Result<u64>>>) {
         let mut bytes = first.len();
         let mut group = vec![first];
         while bytes < GROUP_BYTES_MAX {
             match self.rx.try_recv() {
+                // A promotion is a barrier: it runs after this group.
+                Ok(Cmd::Promote(reply)) => return (group, Some(reply)),
                 Ok(cmd) => {
                     bytes += cmd.len();
                     group.push(cmd);
@@ -446,7 +472,16 @@ impl Committer {
                 Err(_) => break,
             }
         }
-        group
+        (group, None)
+    }
+
+    /// Answers everything waiting, then begins the next epoch.
+    fn promote(&self, waiting: &mut VecDeque<Waiting>, reply: Sender<Result<u64>>) {
+        while !waiting.is_empty() {
+            self.complete_oldest(waiting);
+        }
+        let promoted = lock(&self.writer).promote().map_err(|reason| Error::Poisoned { reason });
+        let _ = reply.send(promoted);
     }
 
     /// Waits for the oldest block in flight, then publishes and answers
@@ -457,7 +492,7 @@ impl Committer {
         if let (Ok(local), Some(replica), Some(oldest)) = (&durable, &self.shared.replica, waiting.front()) {
             if oldest.end <= *local {
                 durable = match replica.wait_replicated(oldest.end) {
-                    Ok(replicated) => Ok(replicated.min(*local)),
+                    Ok(r) => lock(&self.writer).note_alone(r.alone).map(|()| r.end.min(*local)),
                     Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
                 };
             }
@@ -545,6 +580,7 @@ impl LogWriter {
         let mut cursor = Cursor {
             position: self.position,
             fingerprint: self.fingerprint,
+            epoch: self.superblock.epoch,
             segment: self.active.number,
             room: self.segment_room(),
         };
@@ -563,6 +599,11 @@ impl LogWriter {
         let mut updates = Vec::new();
         self.commit_with(|writer| {
             for (i, (block, check)) in blocks.iter().zip(checked).enumerate() {
+                if check.epoch > writer.superblock.epoch {
+                    // The primary was promoted: record its epoch before any
+                    // block of it lands here.
+                    writer.begin_epoch(check.epoch, writer.position)?;
+                }
                 if check.rolls {
                     writer.roll()?;
                 }
@@ -606,6 +647,13 @@ impl LogWriter {
         let verified =
             verify_block(&block.bytes, block.position, seed, self.shared.record_seed, Some(cursor.fingerprint))
                 .map_err(|e| refuse(format!("it failed verification: {e}")))?;
+        let epoch = verified.header.epoch;
+        if epoch < cursor.epoch {
+            return Err(refuse(format!(
+                "it was written in epoch {epoch}, but this log is in epoch {}: it comes from a demoted primary",
+                cursor.epoch
+            )));
+        }
         let len = block.bytes.len();
         if verified.header.len as usize != len {
             return Err(refuse(format!("it is {len} bytes long, but its header says {}", verified.header.len)));
@@ -625,10 +673,11 @@ impl LogWriter {
         *cursor = Cursor {
             position: cursor.position + len as u64,
             fingerprint: verified.fingerprint,
+            epoch,
             segment: block.segment,
             room: room - len,
         };
-        Ok(Checked { rolls, records, fingerprint: verified.fingerprint })
+        Ok(Checked { rolls, epoch, records, fingerprint: verified.fingerprint })
     }
 
     /// The durable end after every write + sync in flight that already
@@ -688,6 +737,64 @@ impl LogWriter {
         status.durable_end = self.durable_end;
         status.fingerprint = self.fingerprint;
         Ok(())
+    }
+
+    /// Begins the next epoch at the log end (see `Store::promote`).
+    pub(crate) fn promote(&mut self) -> Result<u64, String> {
+        let mut epoch = 0;
+        self.commit_with(|writer| {
+            writer.append(&[])?;
+            epoch = writer.superblock.epoch + 1;
+            writer.begin_epoch(epoch, writer.position)?;
+            Ok(Vec::new())
+        })?;
+        Ok(epoch)
+    }
+
+    /// Records durably that `epoch` begins at log position `start` (the
+    /// log end: nothing is in flight).
+    fn begin_epoch(&mut self, epoch: u64, start: u64) -> Result<()> {
+        debug_assert!(epoch > self.superblock.epoch && start == self.position);
+        if self.superblock.epochs.len() >= EPOCH_HISTORY_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "the epoch history is full ({EPOCH_HISTORY_MAX} epochs); this store cannot be promoted again"
+            )));
+        }
+        self.wait_inflight(usize::MAX)?;
+        self.rewrite_superblock(|sb| {
+            sb.epoch = epoch;
+            sb.epochs.push(EpochStart { epoch, start_position: start });
+        })?;
+        tracing::info!("epoch {epoch} begins at log position {start}");
+        Ok(())
+    }
+
+    /// Writes the superblock with `change` applied (durably, all copies)
+    /// and publishes its epoch history and feature bits.
+    fn rewrite_superblock(&mut self, change: impl FnOnce(&mut Superblock)) -> Result<()> {
+        let mut next = self.superblock.clone();
+        change(&mut next);
+        let (_, checksum) = self.superblock.encode();
+        next.sequence += 1;
+        next.prev_checksum = checksum;
+        files::write_superblock(&*self.shared.storage, &self.shared.dir, &next)?;
+        *lock(&self.shared.epochs) = (next.epochs.clone(), next.compat_features);
+        self.superblock = next;
+        Ok(())
+    }
+
+    /// Before writers are answered: records durably whether the answer is
+    /// given without the peer holding it ([`COMPAT_UNREPLICATED_ACKS`]).
+    /// A failure poisons the store.
+    fn note_alone(&mut self, alone: bool) -> Result<(), String> {
+        let set = self.superblock.compat_features & COMPAT_UNREPLICATED_ACKS != 0;
+        if set == alone {
+            return Ok(());
+        }
+        self.commit_with(|writer| {
+            writer.rewrite_superblock(|sb| sb.compat_features ^= COMPAT_UNREPLICATED_ACKS)?;
+            Ok(Vec::new())
+        })
     }
 
     /// Refuses every later write with `reason` and returns it. What is
@@ -917,10 +1024,7 @@ impl LogWriter {
         if self.durable_end == self.superblock.commit_position {
             return Ok(());
         }
-        let (_, checksum) = self.superblock.encode();
-        self.superblock.sequence += 1;
-        self.superblock.prev_checksum = checksum;
-        self.superblock.commit_position = self.durable_end;
-        files::write_superblock(&*self.shared.storage, &self.shared.dir, &self.superblock)
+        let durable_end = self.durable_end;
+        self.rewrite_superblock(|sb| sb.commit_position = durable_end)
     }
 }

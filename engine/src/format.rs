@@ -33,6 +33,11 @@ pub const INCOMPAT_FEATURES_KNOWN: u64 = 0;
 /// Read-only-compatible feature bits this build understands (none in v1). A
 /// store with another bit set may be opened read-only only.
 pub const RO_COMPAT_FEATURES_KNOWN: u64 = 0;
+/// Compatible feature bit: this node may have acknowledged writes its
+/// replication peer does not hold durably (it answered alone: degraded,
+/// `received` or `async`). A rejoin that would truncate such a node's tail
+/// is split brain. Builds that do not know the bit may ignore it.
+pub const COMPAT_UNREPLICATED_ACKS: u64 = 1 << 0;
 
 pub const SUPERBLOCK_FILE: &str = "superblock";
 pub const SUPERBLOCK_COPIES: usize = 4;

@@ -32,8 +32,8 @@ mod store;
 pub mod uring;
 
 pub use error::{Corruption, Error, Result};
-pub use format::{Fingerprint, NodeId, StoreId, FORMAT_VERSION};
-pub use replica::{LogBlock, PendingAppend, Replica, ReplicaWaker};
+pub use format::{EpochStart, Fingerprint, NodeId, StoreId, FORMAT_VERSION};
+pub use replica::{LogBlock, PendingAppend, Replica, ReplicaWaker, Replicated};
 pub use store::{Durability, Options, Scan, Store, StoreInfo, WriteBatch};
 
 /// Access to the engine's private index for the criterion benchmarks in

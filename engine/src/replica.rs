@@ -33,16 +33,28 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn ship(&self, block: &LogBlock);
     /// Waits until the log up to `end` is replicated as the sync level
     /// requires (or the replica decides to go on without its peer) and
-    /// returns the replicated end it knows (at least `end`). An error fails
+    /// returns how far writers may be answered (at least `end`). An error fails
     /// the waiting writers and poisons the store: their bytes are in the
     /// local log but were never acknowledged.
-    fn wait_replicated(&self, end: u64) -> std::result::Result<u64, String>;
+    fn wait_replicated(&self, end: u64) -> std::result::Result<Replicated, String>;
     /// [`Replica::wait_replicated`] without waiting: `None` while the
     /// write ending at `end` may not be answered yet.
-    fn replicated(&self, end: u64) -> std::result::Result<Option<u64>, String>;
+    fn replicated(&self, end: u64) -> std::result::Result<Option<Replicated>, String>;
     /// Called once when the store opens: `waker.wake()` makes the committer
     /// look at [`Replica::replicated`] again (call it on progress).
     fn set_waker(&self, waker: ReplicaWaker);
+}
+
+/// How far writers may be answered, and whether the peer holds that durably.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicated {
+    /// Writers of blocks ending at or before this may be answered.
+    pub end: u64,
+    /// The peer does not hold all of it durably (the replica answers
+    /// alone: degraded, `received` or `async`). Before such an answer the
+    /// store sets [`crate::format::COMPAT_UNREPLICATED_ACKS`] durably; an
+    /// answer with `alone == false` clears it.
+    pub alone: bool,
 }
 
 /// Wakes a store's committer (see [`Replica::set_waker`]).

@@ -25,8 +25,8 @@ use crate::committer::{self, ActiveSegment, Cmd, Committer, Entry, LogWriter, Op
 use crate::error::{Corruption, Error, Result};
 use crate::files::{self, SegmentStart};
 use crate::format::{
-    self, decode_record, encode_record, record_len, Fingerprint, NodeId, StoreId, Superblock, BLOCK_LEN_MAX,
-    BLOCK_OVERHEAD_MAX, KEY_LEN_MAX, RECORD_KIND_DELETE, RECORD_KIND_PUT, SEAL_REGION, VALUE_LEN_MAX,
+    self, decode_record, encode_record, record_len, EpochStart, Fingerprint, NodeId, StoreId, Superblock,
+    BLOCK_LEN_MAX, BLOCK_OVERHEAD_MAX, KEY_LEN_MAX, RECORD_KIND_DELETE, RECORD_KIND_PUT, SEAL_REGION, VALUE_LEN_MAX,
 };
 use crate::index::Index;
 use crate::recovery::{self, ScanReport, TornTail};
@@ -141,7 +141,9 @@ pub(crate) struct Shared {
     pub storage: Arc<dyn Storage>,
     pub store_id: StoreId,
     pub node_id: NodeId,
-    pub epoch: u64,
+    /// The epoch history (newest last) and the compatible feature bits, as
+    /// in the superblock; the committer updates them.
+    pub epochs: Mutex<(Vec<EpochStart>, u64)>,
     pub segment_size: u64,
     pub record_seed: u32,
     pub index: Index,
@@ -377,7 +379,7 @@ impl Store {
             storage,
             store_id: sb.store_id,
             node_id: sb.node_id,
-            epoch: sb.epoch,
+            epochs: Mutex::new((sb.epochs.clone(), sb.compat_features)),
             segment_size: sb.segment_size,
             record_seed: format::record_seed(&sb.store_id),
             index,
@@ -511,6 +513,31 @@ impl Store {
         self.shared.check_poisoned()
     }
 
+    /// Begins the next epoch at the current log end (a promotion): every
+    /// earlier write is made durable, the epoch and its start position are
+    /// recorded durably in the superblock's epoch history, and every later
+    /// block carries the new epoch. Returns the new epoch.
+    pub fn promote(&self) -> Result<u64> {
+        self.check_poisoned()?;
+        let (reply, done) = crossbeam_channel::bounded(1);
+        self.send(Cmd::Promote(reply))?;
+        done.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// The epoch history, oldest first: each epoch and the log position it
+    /// began at.
+    pub fn epoch_history(&self) -> Vec<EpochStart> {
+        lock(&self.shared.epochs).0.clone()
+    }
+
+    /// Whether the store may hold acknowledged writes its replication peer
+    /// lacks ([`format::COMPAT_UNREPLICATED_ACKS`]): set durably before a
+    /// replicated store answers a writer alone, cleared once the peer
+    /// acknowledges a later write durably.
+    pub fn unreplicated_acks(&self) -> bool {
+        lock(&self.shared.epochs).1 & format::COMPAT_UNREPLICATED_ACKS != 0
+    }
+
     /// Makes every earlier write durable.
     pub fn sync(&self) -> Result<()> {
         self.check_poisoned()?;
@@ -556,7 +583,7 @@ impl Store {
         StoreInfo {
             store_id: self.shared.store_id,
             node_id: self.shared.node_id,
-            epoch: self.shared.epoch,
+            epoch: self.shared.epoch(),
             segment_size: self.shared.segment_size,
             log_end: status.log_end,
             durable_end: status.durable_end,
@@ -601,6 +628,10 @@ impl Drop for Store {
 }
 
 impl Shared {
+    pub(crate) fn epoch(&self) -> u64 {
+        lock(&self.epochs).0.last().map_or(1, |e| e.epoch)
+    }
+
     fn read_value(&self, key: &[u8], loc: Loc) -> Result<Bytes> {
         // Paths are only built for errors: this is the hot read path.
         let path = || files::segment_path(&self.dir, loc.segment);

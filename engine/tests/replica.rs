@@ -170,6 +170,7 @@ struct Gate {
     shipped: Vec<LogBlock>,
     released: u64,
     fail: Option<String>,
+    alone: bool,
     waker: Option<lockstep_engine::ReplicaWaker>,
 }
 
@@ -178,7 +179,7 @@ impl lockstep_engine::Replica for GatedReplica {
         self.state.lock().expect("gate").shipped.push(block.clone());
         self.changed.notify_all();
     }
-    fn wait_replicated(&self, end: u64) -> Result<u64, String> {
+    fn wait_replicated(&self, end: u64) -> Result<lockstep_engine::Replicated, String> {
         let mut state = self.state.lock().expect("gate");
         loop {
             if let Some(done) = Self::check(&state, end) {
@@ -187,7 +188,7 @@ impl lockstep_engine::Replica for GatedReplica {
             state = self.changed.wait(state).expect("gate");
         }
     }
-    fn replicated(&self, end: u64) -> Result<Option<u64>, String> {
+    fn replicated(&self, end: u64) -> Result<Option<lockstep_engine::Replicated>, String> {
         Self::check(&self.state.lock().expect("gate"), end).transpose()
     }
     fn set_waker(&self, waker: lockstep_engine::ReplicaWaker) {
@@ -196,10 +197,11 @@ impl lockstep_engine::Replica for GatedReplica {
 }
 
 impl GatedReplica {
-    fn check(state: &Gate, end: u64) -> Option<Result<u64, String>> {
+    fn check(state: &Gate, end: u64) -> Option<Result<lockstep_engine::Replicated, String>> {
         match &state.fail {
             Some(reason) => Some(Err(reason.clone())),
-            None => (state.released >= end).then_some(Ok(state.released)),
+            None => (state.released >= end)
+                .then_some(Ok(lockstep_engine::Replicated { end: state.released, alone: state.alone })),
         }
     }
     fn update(&self, f: impl FnOnce(&mut Gate)) {
@@ -303,4 +305,75 @@ fn later_blocks_are_shipped_while_earlier_ones_wait_and_are_answered_in_order() 
     replica.update(|g| g.released = end(&shipped_both[1]));
     second.join().expect("thread").expect("second put");
     assert_eq!(store.get("b").expect("get").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn promotion_begins_an_epoch_at_the_log_end_that_a_second_site_adopts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    fill(&store, 0, 50);
+    let end = store.info().log_end;
+    assert_eq!(store.promote().expect("promote"), 2);
+    assert_eq!(store.info().epoch, 2);
+    let history = store.epoch_history();
+    assert_eq!(history.last().map(|e| (e.epoch, e.start_position)), Some((2, end)));
+    fill(&store, 50, 400); // spans segments written in epoch 2
+
+    // A second site receives epoch-1 blocks, then epoch-2 ones, and records
+    // the promotion at the same position.
+    let second_dir = tempfile::tempdir().expect("tempdir");
+    let second = second_site(&store, second_dir.path());
+    ship_all(&store, &second);
+    assert_eq!(second.epoch_history(), store.epoch_history());
+    assert_eq!(second.info().fingerprint, store.info().fingerprint);
+    store.close().expect("close");
+    second.close().expect("close");
+    assert_eq!(segment_files(dir.path()), segment_files(second_dir.path()));
+
+    // Both keep it across a reopen.
+    let reopened = open_small(second_dir.path());
+    assert_eq!(reopened.info().epoch, 2);
+    assert_eq!(reopened.epoch_history()[1].start_position, end);
+}
+
+#[test]
+fn a_block_from_an_older_epoch_is_refused() {
+    let (old_dir, new_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let old = open_small(old_dir.path());
+    fill(&old, 0, 10);
+    let promoted = second_site(&old, new_dir.path());
+    ship_all(&old, &promoted);
+    promoted.promote().expect("promote");
+    // The demoted primary wrote on in epoch 1; its next block must not land.
+    fill(&old, 10, 11);
+    let from = promoted.info().log_end;
+    let block = old.read_blocks(from, 1 << 20).expect("read").remove(0);
+    let err = promoted.append_replicated(block).expect_err("an older epoch's block");
+    assert!(err.to_string().contains("demoted primary"), "{err}");
+    assert_eq!(promoted.info().log_end, from);
+}
+
+#[test]
+fn answering_alone_is_recorded_durably_until_the_peer_holds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = std::sync::Arc::new(GatedReplica::default());
+    let options = Options { replica: Some(replica.clone()), ..small_options() };
+    let store = Store::open(dir.path(), options).expect("open");
+    assert!(!store.unreplicated_acks());
+    replica.update(|g| {
+        g.released = u64::MAX;
+        g.alone = true;
+    });
+    store.put("k", "v").expect("put answered alone");
+    assert!(store.unreplicated_acks());
+    drop(store);
+    let reopened = Store::open(dir.path(), small_options()).expect("reopen");
+    assert!(reopened.unreplicated_acks(), "the flag did not survive a reopen");
+    drop(reopened);
+
+    let options = Options { replica: Some(replica.clone()), ..small_options() };
+    let store = Store::open(dir.path(), options).expect("open");
+    replica.update(|g| g.alone = false);
+    store.put("k2", "v").expect("put acknowledged by the peer");
+    assert!(!store.unreplicated_acks());
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use lockstep_engine::{LogBlock, Replica, ReplicaWaker};
+use lockstep_engine::{LogBlock, Replica, ReplicaWaker, Replicated};
 
 use crate::protocol::{PeerLoss, SyncLevel};
 
@@ -234,17 +234,17 @@ impl Replica for ReplState {
         self.changed.notify_all();
     }
 
-    fn wait_replicated(&self, end: u64) -> Result<u64, String> {
+    fn wait_replicated(&self, end: u64) -> Result<Replicated, String> {
         let mut s = self.lock();
         loop {
-            match self.check(&mut s, end) {
-                Ok(None) => s = self.wait(s, Duration::from_millis(5)),
-                done => return done.map(|answerable| answerable.unwrap_or(end)),
+            match self.check(&mut s, end)? {
+                None => s = self.wait(s, Duration::from_millis(5)),
+                Some(r) => return Ok(r),
             }
         }
     }
 
-    fn replicated(&self, end: u64) -> Result<Option<u64>, String> {
+    fn replicated(&self, end: u64) -> Result<Option<Replicated>, String> {
         self.check(&mut self.lock(), end)
     }
 
@@ -257,7 +257,7 @@ impl ReplState {
     /// Whether the write ending at `end` may be answered now, and up to
     /// where; `None` while it must wait. Starts the peer-loss clock the
     /// first time it is asked about `end`.
-    fn check(&self, s: &mut Inner, end: u64) -> Result<Option<u64>, String> {
+    fn check(&self, s: &mut Inner, end: u64) -> Result<Option<Replicated>, String> {
         if s.closing {
             return Err("the node shut down before the secondary acknowledged the write".into());
         }
@@ -268,14 +268,16 @@ impl ReplState {
         };
         if acknowledged >= end {
             let answerable = end.max(acknowledged.min(s.shipped_end));
-            if self.sync != SyncLevel::Durable {
+            // Only a durable acknowledgement means the peer holds it all.
+            let alone = self.sync != SyncLevel::Durable;
+            if alone {
                 s.alone_end = s.alone_end.max(answerable);
             }
-            return Ok(Some(answerable));
+            return Ok(Some(Replicated { end: answerable, alone }));
         }
         if s.degraded {
             s.alone_end = s.alone_end.max(end);
-            return Ok(Some(end));
+            return Ok(Some(Replicated { end, alone: true }));
         }
         let PeerLoss::Degrade { after_ms } = self.peer_loss else {
             return Ok(None);
@@ -299,7 +301,7 @@ impl ReplState {
         s.degraded = true;
         s.degraded_at = s.peer_durable;
         s.alone_end = s.alone_end.max(end);
-        Ok(Some(end))
+        Ok(Some(Replicated { end, alone: true }))
     }
 }
 
@@ -322,13 +324,13 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(10));
         state.acknowledge(100, 100);
-        assert_eq!(waiter.join().expect("thread"), Ok(100));
+        assert_eq!(waiter.join().expect("thread"), Ok(Replicated { end: 100, alone: false }));
         assert_eq!(ReplState::exposure(&state.lock()), 0);
 
         // No ack: after 50 ms the write is answered alone, as exposure.
         state.ship(&block(100, 100));
         let started = Instant::now();
-        assert_eq!(state.wait_replicated(200), Ok(200));
+        assert_eq!(state.wait_replicated(200), Ok(Replicated { end: 200, alone: true }));
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert!(state.lock().degraded);
         assert_eq!(ReplState::exposure(&state.lock()), 100);
@@ -347,7 +349,10 @@ mod tests {
 
         let state = std::sync::Arc::new(ReplState::new(SyncLevel::Async, PeerLoss::Block));
         state.ship(&block(0, ASYNC_LAG_BYTES_MAX as usize + 1));
-        assert_eq!(state.wait_replicated(ASYNC_LAG_BYTES_MAX), Ok(ASYNC_LAG_BYTES_MAX));
+        assert_eq!(
+            state.wait_replicated(ASYNC_LAG_BYTES_MAX),
+            Ok(Replicated { end: ASYNC_LAG_BYTES_MAX, alone: true })
+        );
         assert_eq!(ReplState::exposure(&state.lock()), ASYNC_LAG_BYTES_MAX);
         let waiter = {
             let state = state.clone();
@@ -356,7 +361,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "the async lag bound was not enforced");
         state.acknowledge(1, 1);
-        assert_eq!(waiter.join().expect("thread"), Ok(ASYNC_LAG_BYTES_MAX + 1));
+        assert_eq!(waiter.join().expect("thread"), Ok(Replicated { end: ASYNC_LAG_BYTES_MAX + 1, alone: true }));
     }
 
     #[test]
