@@ -28,6 +28,7 @@ pub mod recovery;
 mod replica;
 pub mod storage;
 mod store;
+pub mod truncate;
 #[cfg(target_os = "linux")]
 pub mod uring;
 

@@ -377,3 +377,43 @@ fn answering_alone_is_recorded_durably_until_the_peer_holds_it() {
     store.put("k2", "v").expect("put acknowledged by the peer");
     assert!(!store.unreplicated_acks());
 }
+
+#[test]
+fn truncating_a_tail_returns_its_records_and_leaves_a_prefix_that_catches_up() {
+    // Two sites in step, then the first writes on alone (a tail the second
+    // never got), across segments.
+    let (a_dir, b_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let a = open_small(a_dir.path());
+    fill(&a, 0, 40);
+    let b = second_site(&a, b_dir.path());
+    ship_all(&a, &b);
+    let cut = b.info().log_end;
+    let cut_fingerprint = b.info().fingerprint;
+    fill(&a, 40, 400);
+    let tail_keys = lockstep_engine::truncate::tail_records(&a, cut).expect("tail").len();
+    assert!(tail_keys > 300);
+    let options = small_options();
+    a.close().expect("close");
+
+    // Not a block boundary: refused, nothing changes.
+    assert!(lockstep_engine::truncate::truncate_tail(a_dir.path(), &options, cut + 1).is_err());
+    let cut_report = lockstep_engine::truncate::truncate_tail(a_dir.path(), &options, cut).expect("truncate");
+    assert_eq!(cut_report.records.len(), tail_keys);
+    assert_eq!(cut_report.records[0].key, bytes::Bytes::from("key/00040"));
+    assert!(cut_report.records.iter().all(|r| r.position >= cut && r.epoch == 1));
+
+    // What remains is the prefix the second site has; it reads and then
+    // follows the second site (promoted) byte for byte.
+    let a = open_small(a_dir.path());
+    assert_eq!((a.info().log_end, a.info().fingerprint), (cut, cut_fingerprint));
+    assert_eq!(a.get("key/00041").expect("get"), None);
+    assert!(a.get("key/00039").expect("get").is_some());
+    b.promote().expect("promote");
+    fill(&b, 1000, 1300);
+    ship_all(&b, &a);
+    assert_eq!(a.info().fingerprint, b.info().fingerprint);
+    assert_eq!(a.epoch_history(), b.epoch_history());
+    a.close().expect("close");
+    b.close().expect("close");
+    assert_eq!(segment_files(a_dir.path()), segment_files(b_dir.path()));
+}
