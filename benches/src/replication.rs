@@ -47,6 +47,8 @@ fn config(dir: &Path, role: Role, peer: String, sync: SyncLevel) -> NodeConfig {
         sync,
         peer_loss: PeerLoss::Block,
         auth_key: None,
+        auto_failover: false,
+        lease: lockstep_replicator::node::LEASE_DEFAULT,
     }
 }
 

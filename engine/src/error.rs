@@ -57,7 +57,7 @@ pub enum Error {
 
     /// An earlier write or fsync failed; the store accepts no more writes
     /// until it is reopened (which recovers what is durable).
-    #[error("the store stopped accepting writes after an I/O failure ({reason}); reopen it to recover")]
+    #[error("the store stopped accepting writes after a failure ({reason}); reopen it to recover")]
     Poisoned { reason: String },
 
     /// A block received from the peer does not continue this log or fails

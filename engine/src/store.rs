@@ -604,6 +604,23 @@ impl Store {
         self.shutdown()
     }
 
+    /// Closes this store, runs `between` on its directory while no one holds
+    /// it (e.g. [`crate::truncate::truncate_tail`]), then opens it again in
+    /// place with `options`. If `between` or the reopening fails, the handle
+    /// stays closed: every later call fails with [`Error::Closed`].
+    pub fn reopen_with<T>(&mut self, options: Options, between: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let closed = self.shutdown();
+        // Release the directory lock (the committer is gone).
+        self._lock = LockGuard(Box::new(()));
+        if let Err(e) = closed {
+            tracing::warn!("closing the store before reopening it: {e}");
+        }
+        let dir = self.shared.dir.clone();
+        let out = between(&dir)?;
+        *self = Store::open(&dir, Options { create_if_missing: false, ..options })?;
+        Ok(out)
+    }
+
     /// [`Store::close`] for a store that cannot be moved out of where it is
     /// held (e.g. through `Arc::get_mut`). Every later call on this handle
     /// fails with [`Error::Closed`]; the directory stays locked until the

@@ -113,6 +113,18 @@ impl Client {
         }
     }
 
+    /// Makes the secondary at this address the primary of the next epoch;
+    /// returns the epoch.
+    pub fn promote(&mut self, force: bool) -> Result<u64> {
+        match self.call(&Request::Promote { force })? {
+            Response::Status(json) => serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v["epoch"].as_u64())
+                .ok_or_else(|| ClientError::Unexpected(Box::new(Response::Status(json)))),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// The node's status object.
     pub fn status(&mut self) -> Result<serde_json::Value> {
         match self.call(&Request::Status)? {

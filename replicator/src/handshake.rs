@@ -3,7 +3,7 @@
 //! the secondary's log end lies on its own fingerprint chain) to a
 //! [`Verdict`]. A refusal names the setting, both values and the fix.
 
-use crate::protocol::{Hello, Role, Verdict};
+use crate::protocol::{Hello, PeerLoss, Role, Verdict};
 
 /// What the primary found when it looked up the secondary's log end in its
 /// own log.
@@ -93,6 +93,18 @@ fn refusal(ours: &Hello, peer: &Hello, history: History) -> Option<String> {
         ));
     }
     let (primary, secondary) = if ours.role == Role::Primary { (ours, peer) } else { (peer, ours) };
+    if secondary.auto_failover && primary.peer_loss != PeerLoss::Block {
+        return Some(format!(
+            "unsafe failover settings: the secondary runs --auto-failover (lease {} ms), but the primary runs \
+             --on-peer-loss {}; both could then act alone. Run the primary with --on-peer-loss block, or the \
+             secondary without --auto-failover",
+            secondary.lease_ms,
+            match primary.peer_loss {
+                PeerLoss::Degrade { after_ms } => format!("degrade={after_ms}ms"),
+                PeerLoss::Block => "block".into(),
+            }
+        ));
+    }
     if secondary.epoch > primary.epoch {
         return Some(format!(
             "the secondary is at epoch {}, ahead of the primary at epoch {}: the secondary was promoted since; \
@@ -140,13 +152,17 @@ mod tests {
             auth: false,
             nonce: [0; NONCE_LEN],
             software_version: "0.1.0".into(),
+            unreplicated_acks: false,
+            auto_failover: false,
+            lease_ms: 300,
+            epochs: vec![lockstep_engine::EpochStart { epoch: 1, start_position: 0 }],
         }
     }
 
     fn refused(ours: &Hello, peer: &Hello, history: History) -> String {
         match judge(ours, peer, history) {
             Verdict::Refuse { reason } => reason,
-            Verdict::Accept { version } => panic!("accepted at version {version}"),
+            other => panic!("not refused: {other:?}"),
         }
     }
 
@@ -202,5 +218,16 @@ mod tests {
         let (p, s) = (node(Role::Primary), node(Role::Secondary));
         assert!(refused(&p, &s, History::Diverged).contains("not a prefix"));
         assert!(refused(&p, &s, History::Ahead).contains("beyond the primary's end"));
+    }
+
+    #[test]
+    fn auto_failover_needs_a_primary_that_blocks() {
+        let (mut p, mut s) = (node(Role::Primary), node(Role::Secondary));
+        s.auto_failover = true;
+        assert!(matches!(judge(&p, &s, History::Prefix), Verdict::Accept { .. }));
+        p.peer_loss = PeerLoss::Degrade { after_ms: 2000 };
+        let reason = refused(&p, &s, History::Prefix);
+        assert!(reason.contains("--auto-failover") && reason.contains("degrade=2000ms"), "{reason}");
+        assert_eq!(reason, refused(&s, &p, History::Unknown), "both sides must give the same reason");
     }
 }

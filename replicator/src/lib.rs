@@ -20,4 +20,5 @@ pub mod load;
 pub mod node;
 pub mod protocol;
 pub mod proxy;
+pub mod rejoin;
 pub mod repl;

@@ -99,6 +99,34 @@ enum Command {
         /// to authenticate each other.
         #[arg(long)]
         auth_key_file: Option<PathBuf>,
+        /// (Secondary.) Promote this node when the primary has been silent
+        /// longer than the lease plus half of it. Requires the primary's
+        /// peer-loss policy to be `block` (checked at the handshake).
+        #[arg(long)]
+        auto_failover: bool,
+        /// The primary's lease with --auto-failover (e.g. 300ms, 1s).
+        #[arg(long, value_parser = parse_duration, default_value = "300ms")]
+        lease: Duration,
+    },
+    /// Make a secondary the primary of the next epoch (see docs/OPERATIONS.md).
+    Promote {
+        /// The secondary's client address.
+        #[arg(long)]
+        addr: String,
+        /// Promote even if the secondary knows it lacks acknowledged writes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Export a former primary's divergent tail (JSON lines) and truncate it,
+    /// so the node can rejoin the new primary after a split-brain refusal.
+    Rejoin {
+        dir: PathBuf,
+        /// Where the removed records go.
+        #[arg(long)]
+        export: PathBuf,
+        /// Cut here instead of at the divergence point the refusal recorded.
+        #[arg(long)]
+        position: Option<u64>,
     },
     /// Talk to a running node.
     Client {
@@ -288,7 +316,7 @@ fn run(command: Command) -> Result<u8, Failure> {
             }
         }
         Command::Check { dir } => return check(&dir, &mut out),
-        Command::Serve { dir, role, repl, peer, client, sync, on_peer_loss, auth_key_file } => {
+        Command::Serve { dir, role, repl, peer, client, sync, on_peer_loss, auth_key_file, auto_failover, lease } => {
             let auth_key = auth_key_file
                 .map(|path| AuthKey::from_file(&path))
                 .transpose()
@@ -309,10 +337,28 @@ fn run(command: Command) -> Result<u8, Failure> {
                 },
                 peer_loss: on_peer_loss,
                 auth_key,
+                auto_failover,
+                lease,
             };
             return serve(config, &mut out);
         }
         Command::Client { addr, op } => return client(&addr, op, &mut out),
+        Command::Promote { addr, force } => {
+            let epoch = Client::connect(&addr).and_then(|mut c| c.promote(force)).map_err(Failure::from)?;
+            writeln!(out, "promoted {addr} to primary at epoch {epoch}")?;
+        }
+        Command::Rejoin { dir, export, position } => {
+            let cut = lockstep_replicator::rejoin::rejoin(&dir, &export, position)?;
+            writeln!(
+                out,
+                "{}: exported {} records to {} and truncated {} bytes after position {}; start the node as secondary",
+                dir.display(),
+                cut.records.len(),
+                export.display(),
+                cut.bytes,
+                cut.position
+            )?;
+        }
         Command::Status { addr, json } => {
             let status = Client::connect(&addr).and_then(|mut c| c.status()).map_err(Failure::from)?;
             if json {

@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,16 @@ pub struct NodeConfig {
     pub sync: SyncLevel,
     pub peer_loss: PeerLoss,
     pub auth_key: Option<AuthKey>,
+    /// (Secondary.) Promote itself when the primary has been silent longer
+    /// than `lease` plus half of it.
+    pub auto_failover: bool,
+    /// The primary's lease, renewed by the secondary's acknowledgements,
+    /// when the pair runs automatic failover.
+    pub lease: Duration,
 }
+
+/// The default `--lease`.
+pub const LEASE_DEFAULT: Duration = Duration::from_millis(300);
 
 /// Why a node could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +81,12 @@ pub enum NodeError {
     Refused(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    /// The node cannot do this now (promotion of a lagging secondary, reads
+    /// on a primary whose lease expired, ...).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    InvalidArgument(String),
 }
 
 impl NodeError {
@@ -81,6 +96,8 @@ impl NodeError {
             NodeError::NotPrimary { .. } => EXIT_NOT_PRIMARY,
             NodeError::Refused(_) => 76,
             NodeError::Io { .. } => 74,
+            NodeError::Unavailable(_) => 69,
+            NodeError::InvalidArgument(_) => 64,
         }
     }
 }
@@ -94,7 +111,12 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeEr
 #[derive(Debug)]
 struct Shared {
     config: NodeConfig,
-    store: Arc<Store>,
+    /// Replaced when the log is truncated to rejoin a promoted peer.
+    store: RwLock<Arc<Store>>,
+    /// Changes on promotion and demotion.
+    role: Mutex<Role>,
+    /// The secondary's current replication connection (a promotion ends it).
+    session: Mutex<Option<TcpStream>>,
     repl: Arc<ReplState>,
     stop: AtomicBool,
     /// Client requests being answered.
@@ -158,11 +180,9 @@ impl Node {
     /// [`Node::fatal`].
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
         let repl = Arc::new(ReplState::new(config.sync, config.peer_loss));
-        let replica: Option<Arc<dyn lockstep_engine::Replica>> = match config.role {
-            Role::Primary => Some(repl.clone()),
-            Role::Secondary => None,
-        };
-        let options = Options { create_if_missing: false, replica, ..Options::default() };
+        // Both roles: a secondary writes only received blocks, which are not
+        // shipped, and a promoted one needs the hook from its first write.
+        let options = Options { create_if_missing: false, replica: Some(repl.clone()), ..Options::default() };
         let store = Arc::new(Store::open(&config.dir, options)?);
         let log_end = store.info().log_end;
         repl.update(|s| s.shipped_end = log_end);
@@ -173,9 +193,12 @@ impl Node {
         let local = |l: &TcpListener| l.local_addr().map_err(io_error("reading a listen address"));
         let repl_addr = Some(local(&repl_listener)?);
         let client_addr = client_listener.as_ref().map(local).transpose()?;
+        let role = config.role;
         let shared = Arc::new(Shared {
             config,
-            store,
+            store: RwLock::new(store),
+            role: Mutex::new(role),
+            session: Mutex::new(None),
             repl,
             stop: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
@@ -187,9 +210,12 @@ impl Node {
         };
         let s = shared.clone();
         threads.push(spawn("lockstep-repl-listen", Box::new(move || s.listen_replication(repl_listener)))?);
-        if shared.config.role == Role::Primary {
+        // The dialer idles while the node is a secondary (it may be promoted).
+        let s = shared.clone();
+        threads.push(spawn("lockstep-repl-dial", Box::new(move || s.dial()))?);
+        if shared.config.auto_failover {
             let s = shared.clone();
-            threads.push(spawn("lockstep-repl-dial", Box::new(move || s.dial()))?);
+            threads.push(spawn("lockstep-failover", Box::new(move || s.watch_primary()))?);
         }
         if let Some(listener) = client_listener {
             let s = shared.clone();
@@ -201,7 +227,7 @@ impl Node {
     /// The store's extent, ids and fingerprint. (The store itself is not
     /// handed out: a write that bypassed the node would diverge a secondary.)
     pub fn info(&self) -> StoreInfo {
-        self.shared.store.info()
+        self.shared.store().info()
     }
 
     /// The bound client address (useful when started on port 0).
@@ -222,26 +248,35 @@ impl Node {
 
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), NodeError> {
         self.shared.writable()?;
-        Ok(self.shared.store.put(key, value)?)
+        Ok(self.shared.store().put(key, value)?)
     }
 
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<(), NodeError> {
         self.shared.writable()?;
-        Ok(self.shared.store.delete(key)?)
+        Ok(self.shared.store().delete(key)?)
     }
 
     pub fn write(&self, batch: WriteBatch) -> Result<(), NodeError> {
         self.shared.writable()?;
-        Ok(self.shared.store.write(batch)?)
+        Ok(self.shared.store().write(batch)?)
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<bytes::Bytes>, NodeError> {
-        Ok(self.shared.store.get(key)?)
+        self.shared.readable()?;
+        Ok(self.shared.store().get(key)?)
+    }
+
+    /// Makes this secondary the primary of the next epoch (see
+    /// docs/OPERATIONS.md, "Fail over"). Without `force`, refuses if it
+    /// knows it lacks writes the primary reported acknowledged.
+    pub fn promote(&self, force: bool) -> Result<u64, NodeError> {
+        self.shared.promote(force)
     }
 
     /// Key/value pairs whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Result<lockstep_engine::Scan, NodeError> {
-        Ok(self.shared.store.scan_prefix(prefix)?)
+        self.shared.readable()?;
+        Ok(self.shared.store().scan_prefix(prefix)?)
     }
 
     /// The node's status: the JSON object `lockstep status --json` prints.
@@ -272,7 +307,10 @@ impl Node {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let Some(store) = Arc::get_mut(&mut self.shared).and_then(|s| Arc::get_mut(&mut s.store)) else {
+        let store = Arc::get_mut(&mut self.shared)
+            .map(|s| s.store.get_mut().unwrap_or_else(PoisonError::into_inner))
+            .and_then(Arc::get_mut);
+        let Some(store) = store else {
             tracing::error!("a thread of the node still holds the store; it closes when that thread ends");
             return Ok(());
         };
@@ -284,6 +322,19 @@ impl Node {
             other => Ok(other?),
         }
     }
+}
+
+/// Where a split-brain refusal records the divergence point for
+/// `lockstep rejoin`.
+pub const DIVERGENCE_FILE: &str = "divergence.json";
+
+/// Divergence point with a secondary of an older epoch: where the first
+/// epoch the secondary does not know began in this primary's history.
+fn divergence_point(primary: &Hello, secondary: &Hello) -> Option<u64> {
+    if secondary.epoch >= primary.epoch {
+        return None;
+    }
+    primary.epochs.iter().find(|e| e.epoch > secondary.epoch).map(|e| e.start_position)
 }
 
 /// Part of the reason writers get when the node stops before their write
@@ -319,6 +370,9 @@ enum SessionEnd {
     Io(std::io::Error),
     Refused(String),
     Stopped,
+    /// Over for a reason that calls for an immediate new connection (the
+    /// peer truncated its tail to rejoin, or this node was demoted).
+    Retry(String),
 }
 
 impl From<std::io::Error> for SessionEnd {
@@ -358,10 +412,35 @@ fn now_ms() -> u64 {
 }
 
 impl Shared {
+    fn store(&self) -> Arc<Store> {
+        self.store.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn role(&self) -> Role {
+        *lock(&self.role)
+    }
+
     fn writable(&self) -> Result<(), NodeError> {
-        match self.config.role {
+        match self.role() {
             Role::Primary => Ok(()),
             Role::Secondary => Err(NodeError::NotPrimary { peer: self.config.peer.clone() }),
+        }
+    }
+
+    /// A primary whose secondary may promote itself answers reads only
+    /// while its lease (renewed by the secondary) lasts.
+    fn readable(&self) -> Result<(), NodeError> {
+        if self.role() != Role::Primary {
+            return Ok(());
+        }
+        let s = self.repl.lock();
+        match (s.pair_lease, s.lease_until) {
+            (Some(_), until) if until.is_none_or(|t| t <= Instant::now()) => Err(NodeError::Unavailable(format!(
+                "this primary's lease expired (no acknowledgement from the secondary at {} within the lease): it may \
+                 have been replaced by a promoted secondary; read from the current primary",
+                self.config.peer
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -392,7 +471,7 @@ impl Shared {
     }
 
     fn hello(&self) -> Hello {
-        let info = self.store.info();
+        let info = self.store().info();
         let (protocol_min, protocol_max) = protocol_range();
         let mut nonce = [0u8; NONCE_LEN];
         // A nonce only has to differ between connections; should the
@@ -401,32 +480,42 @@ impl Shared {
             nonce[..8].copy_from_slice(&now_ms().to_le_bytes());
             nonce[8..].copy_from_slice(&Instant::now().elapsed().as_nanos().to_le_bytes()[..8]);
         }
+        let store = self.store();
+        let role = self.role();
+        let commit_position = match role {
+            Role::Primary => self.repl.lock().answered_end.max(info.durable_end),
+            Role::Secondary => self.repl.lock().primary_committed,
+        };
         Hello {
             protocol_min,
             protocol_max,
             format_version: format_version(),
             store_id: info.store_id,
             node_id: info.node_id,
-            role: self.config.role,
+            role,
             epoch: info.epoch,
             log_end: info.durable_end,
             fingerprint: info.fingerprint,
-            commit_position: info.durable_end,
+            commit_position,
             settings: settings_hash(&info),
             sync: self.config.sync,
             peer_loss: self.config.peer_loss,
             auth: self.config.auth_key.is_some(),
             nonce,
             software_version: env!("CARGO_PKG_VERSION").into(),
+            unreplicated_acks: store.unreplicated_acks(),
+            auto_failover: self.config.auto_failover && role == Role::Secondary,
+            lease_ms: self.config.lease.as_millis() as u64,
+            epochs: store.epoch_history(),
         }
     }
 
     /// Where the secondary's log stands against this primary's.
     fn history(&self, peer: &Hello) -> std::io::Result<History> {
-        if peer.log_end > self.store.info().durable_end {
+        if peer.log_end > self.store().info().durable_end {
             return Ok(History::Ahead);
         }
-        match self.store.fingerprint_at(peer.log_end) {
+        match self.store().fingerprint_at(peer.log_end) {
             Ok(Some(f)) if f == peer.fingerprint => Ok(History::Prefix),
             Ok(_) => Ok(History::Diverged),
             Err(e) => Err(std::io::Error::other(format!("reading this node's log: {e}"))),
@@ -442,6 +531,25 @@ impl Shared {
         let Message::Hello(peer) = recv(stream)? else {
             return Err(SessionEnd::Io(invalid("the peer did not start with Hello")));
         };
+        if ours.role == Role::Primary
+            && peer.role == Role::Primary
+            && peer.epoch > ours.epoch
+            && ours.store_id == peer.store_id
+        {
+            self.demote(&peer);
+            return Err(SessionEnd::Retry(format!("demoted by {} (epoch {})", peer.node_id, peer.epoch)));
+        }
+        if ours.role == Role::Primary
+            && peer.role == Role::Primary
+            && peer.epoch < ours.epoch
+            && ours.store_id == peer.store_id
+        {
+            // It demotes itself on reading this node's Hello, and rejoins.
+            return Err(SessionEnd::Retry(format!(
+                "{} was primary of epoch {}: it steps down",
+                peer.node_id, peer.epoch
+            )));
+        }
         let proof = match &self.config.auth_key {
             Some(key) => key.proof(&peer.nonce, &ours.node_id.0, ours.role),
             None => [0u8; PROOF_LEN],
@@ -454,8 +562,16 @@ impl Shared {
             (Some(key), true) => key.verify(&peer_proof, &ours.nonce, &peer.node_id.0, peer.role),
             _ => true, // one-sided configuration: judged below
         };
+        let mut rejoin = None;
         let history = if ours.role == Role::Primary && peer.role == Role::Secondary {
-            self.history(&peer)?
+            match divergence_point(&ours, &peer) {
+                Some(position) if peer.log_end > position => {
+                    let fingerprint = self.store().fingerprint_at(position).ok().flatten();
+                    rejoin = fingerprint.map(|fingerprint| Verdict::Rejoin { position, fingerprint });
+                    History::Prefix
+                }
+                _ => self.history(&peer)?,
+            }
         } else {
             History::Unknown
         };
@@ -469,7 +585,10 @@ impl Shared {
                     key.key_id()
                 ),
             },
-            _ => judge(&ours, &peer, history),
+            _ => match (judge(&ours, &peer, history), rejoin) {
+                (Verdict::Accept { .. }, Some(rejoin)) => rejoin,
+                (verdict, _) => verdict,
+            },
         };
         sender.send(&[Message::Verdict(verdict.clone())])?;
         let Message::Verdict(theirs) = recv(stream)? else {
@@ -481,6 +600,16 @@ impl Shared {
             (_, Verdict::Refuse { reason }) => {
                 Err(SessionEnd::Refused(format!("the peer refused this node: {reason}")))
             }
+            (Verdict::Rejoin { position, .. }, _) => {
+                tracing::info!(
+                    "{} {} holds a tail after position {position}, where epoch {} began: it truncates it to rejoin",
+                    peer.role.name(),
+                    peer.node_id,
+                    ours.epoch
+                );
+                Err(SessionEnd::Retry(format!("the secondary rejoins from position {position}")))
+            }
+            (_, Verdict::Rejoin { position, fingerprint }) => self.rejoin(&peer, position, fingerprint),
             (Verdict::Accept { version }, Verdict::Accept { .. }) => {
                 tracing::info!(
                     "handshake with {} {} (lockstep {}) accepted at protocol version {version}; its log ends at {}",
@@ -516,6 +645,10 @@ impl Shared {
                 }
                 self.repl.update(|s| s.link = Link::Unreachable);
             }
+            SessionEnd::Retry(why) => {
+                tracing::info!("replication reconnects: {why}");
+                self.repl.update(|s| s.link = Link::Connecting);
+            }
             SessionEnd::Stopped => {}
         }
     }
@@ -528,12 +661,198 @@ impl Shared {
         });
     }
 
+    // ---- roles -------------------------------------------------------------------
+
+    /// Makes this secondary the primary of the next epoch: ends the link to
+    /// the old primary, records the epoch durably, and takes writes alone
+    /// (counted as exposure) until the old primary rejoins as secondary.
+    fn promote(&self, force: bool) -> Result<u64, NodeError> {
+        if self.role() != Role::Secondary {
+            return Err(NodeError::InvalidArgument("this node is already the primary".into()));
+        }
+        let store = self.store();
+        let (durable, committed) = (store.info().durable_end, self.repl.lock().primary_committed);
+        if !force && durable < committed {
+            return Err(NodeError::Unavailable(format!(
+                "this secondary holds the log up to position {durable}, but the primary reported writes \
+                 acknowledged up to {committed}: promoting it would lose them; let it catch up, or promote with \
+                 --force to accept the loss"
+            )));
+        }
+        if let Some(session) = lock(&self.session).take() {
+            let _ = session.shutdown(Shutdown::Both);
+        }
+        let epoch = store.promote()?;
+        let log_end = store.info().log_end;
+        *lock(&self.role) = Role::Primary;
+        self.repl.update(|s| {
+            s.degraded = true;
+            s.degraded_at = log_end;
+            s.link = Link::Connecting;
+            s.refusal = None;
+            s.peer_durable = 0;
+            s.peer_received = 0;
+            s.ring.clear();
+            s.ring_bytes = 0;
+            s.shipped_end = log_end;
+            s.catchup = None;
+            s.pair_lease = None;
+            s.lease_until = None;
+            s.last_heard = None;
+        });
+        tracing::warn!(
+            "promoted to primary at epoch {epoch} from log position {log_end}{}; taking writes alone until {} \
+             rejoins as secondary",
+            if force { " (forced)" } else { "" },
+            self.config.peer
+        );
+        Ok(epoch)
+    }
+
+    /// (Secondary with `--auto-failover`.) Promotes this node once the
+    /// primary has been silent for the lease plus half of it: by then the
+    /// old primary's lease has expired, so it no longer answers.
+    fn watch_primary(self: Arc<Self>) {
+        let wait = self.config.lease + self.config.lease / 2;
+        while !self.stopping() {
+            std::thread::sleep(Duration::from_millis(5));
+            let silent = self.repl.lock().last_heard.is_some_and(|t| t.elapsed() >= wait);
+            if self.role() != Role::Secondary || !silent {
+                continue;
+            }
+            tracing::warn!("the primary has been silent for {} ms: promoting this secondary", wait.as_millis());
+            if let Err(e) = self.promote(false) {
+                tracing::error!("automatic promotion failed: {e}");
+                self.repl.update(|s| s.last_heard = None);
+            }
+        }
+    }
+
+    /// This primary met a primary of a newer epoch: it was replaced. Writes
+    /// waiting for acknowledgement fail (they were never acknowledged), the
+    /// store is reopened to take the new primary's log, and the node goes on
+    /// as its secondary.
+    fn demote(&self, newer: &Hello) {
+        let reason = format!(
+            "this node was demoted: {} is the primary of epoch {} (this node's epoch is {}); rejoining as its secondary",
+            newer.node_id,
+            newer.epoch,
+            self.store().info().epoch
+        );
+        tracing::warn!("{reason}");
+        *lock(&self.role) = Role::Secondary;
+        self.repl.update(|s| {
+            s.demoted = Some(reason.clone());
+            s.degraded = false;
+            s.pair_lease = None;
+            s.link = Link::Connecting;
+        });
+        if let Err(e) = self.replace_store(|_| Ok(())) {
+            tracing::error!("reopening the store after demotion failed: {e}");
+        }
+        self.repl.update(|s| {
+            s.demoted = None;
+            s.ring.clear();
+            s.ring_bytes = 0;
+        });
+    }
+
+    /// The new primary says this node's log has a tail after `position`
+    /// that it never had. Truncates it (exporting its records to
+    /// DIR/recovered/ first) unless this node may have acknowledged some of
+    /// it alone: that is split brain, refused.
+    fn rejoin(
+        &self,
+        primary: &Hello,
+        position: u64,
+        fingerprint: lockstep_engine::Fingerprint,
+    ) -> Result<Hello, SessionEnd> {
+        let store = self.store();
+        let ours = store.fingerprint_at(position).map_err(|e| SessionEnd::Io(std::io::Error::other(e.to_string())))?;
+        if ours != Some(fingerprint) {
+            return Err(SessionEnd::Refused(format!(
+                "the logs differ before position {position}, where the primary's epoch {} began: the primary's \
+                 fingerprint there is {fingerprint}, this node's {}; rebuild this site from the primary",
+                primary.epoch,
+                ours.map_or_else(|| "none (not a block boundary)".to_string(), |f| f.to_string())
+            )));
+        }
+        let log_end = store.info().log_end;
+        if store.unreplicated_acks() {
+            let reason = format!(
+                "split brain: this node's log holds {} bytes after position {position}, where {} became primary at \
+                 epoch {}, and this node may have acknowledged some of them alone (it ran degraded, received or \
+                 async); nothing was changed — export and drop them with `lockstep rejoin {} --export FILE`, then \
+                 start this node again",
+                log_end - position,
+                primary.node_id,
+                primary.epoch,
+                self.config.dir.display()
+            );
+            let note = serde_json::json!({
+                "position": position,
+                "fingerprint": fingerprint.to_string(),
+                "primary": primary.node_id.to_string(),
+                "epoch": primary.epoch,
+            });
+            if let Err(e) = std::fs::write(self.config.dir.join(DIVERGENCE_FILE), note.to_string()) {
+                tracing::error!("recording the divergence point: {e}");
+            }
+            return Err(SessionEnd::Refused(reason));
+        }
+        drop(store);
+        let export = self.config.dir.join("recovered").join(format!("rejoin-position-{position}.jsonl"));
+        let dir = self.config.dir.clone();
+        let truncated = self.replace_store(|options| {
+            let cut = lockstep_engine::truncate::truncate_tail(&dir, options, position)?;
+            crate::rejoin::export(&export, &cut.records)
+                .map_err(|e| Error::Io { context: format!("writing {}", export.display()), source: e })?;
+            Ok(cut)
+        });
+        match truncated {
+            Ok(Some(cut)) => {
+                tracing::warn!(
+                    "rejoined: truncated {} unacknowledged bytes ({} records, exported to {}) after position {position}",
+                    cut.bytes,
+                    cut.records.len(),
+                    export.display()
+                );
+                Err(SessionEnd::Retry(format!("truncated to position {position} to rejoin")))
+            }
+            Ok(None) => Err(SessionEnd::Retry("the store is busy; rejoin retried".into())),
+            Err(e) => Err(SessionEnd::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// Closes the store, runs `between` on the closed directory, and opens
+    /// it again in its place. `None` if other threads kept it busy.
+    fn replace_store<T>(&self, between: impl FnOnce(&Options) -> Result<T, Error>) -> Result<Option<T>, Error> {
+        let mut slot = self.store.write().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        loop {
+            if let Some(store) = Arc::get_mut(&mut slot) {
+                let options =
+                    Options { create_if_missing: false, replica: Some(self.repl.clone()), ..Options::default() };
+                let reopen = options.clone();
+                return store.reopen_with(reopen, |_| between(&options)).map(Some);
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     // ---- primary -----------------------------------------------------------------
 
     /// Dials the secondary, with backoff, for as long as the node runs.
     fn dial(self: Arc<Self>) {
         let mut backoff = RECONNECT_BACKOFF.0;
         while !self.stopping() {
+            if self.role() != Role::Primary {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             let mut connected = false;
             let end = match self.connect() {
                 Ok(mut stream) => {
@@ -551,6 +870,7 @@ impl Shared {
             self.session_ended(&end, connected);
             let wait = match end {
                 SessionEnd::Refused(_) => REFUSED_RETRY,
+                SessionEnd::Retry(_) => Duration::ZERO,
                 _ if connected => RECONNECT_BACKOFF.0,
                 _ => backoff,
             };
@@ -587,12 +907,18 @@ impl Shared {
             Err(end) => return end,
         };
         *connected = true;
-        let durable = self.store.info().durable_end;
+        let durable = self.store().info().durable_end;
         self.accepted();
         self.repl.update(|s| {
             s.peer_durable = peer.log_end;
             s.peer_received = peer.log_end;
             s.catchup = (peer.log_end < durable).then_some(CatchUp { from: peer.log_end, target: durable });
+            s.heartbeats.clear();
+            // Once a secondary that may promote itself was met, the lease
+            // rules this primary until it shuts down.
+            if peer.auto_failover {
+                s.pair_lease = Some(Duration::from_millis(peer.lease_ms));
+            }
         });
         if peer.log_end < durable {
             tracing::info!(
@@ -623,7 +949,10 @@ impl Shared {
     fn read_acks(&self, mut stream: TcpStream, dead: &AtomicBool) -> SessionEnd {
         let end = loop {
             match recv(&mut stream) {
-                Ok(Message::Ack { received_end, durable_end }) => self.repl.acknowledge(received_end, durable_end),
+                Ok(Message::Ack { received_end, durable_end, heartbeat }) => {
+                    self.repl.renew_lease(heartbeat);
+                    self.repl.acknowledge(received_end, durable_end)
+                }
                 Ok(Message::Heartbeat { .. }) => {}
                 Ok(other) => {
                     break SessionEnd::Io(invalid(format!("unexpected message from the secondary: {other:?}")))
@@ -640,7 +969,7 @@ impl Shared {
     /// Sends every block from `next` on, from the ring of recently shipped
     /// blocks or, for older ones, from the log; a heartbeat when idle.
     fn send_blocks(&self, sender: &Sender, mut next: u64, dead: &AtomicBool) -> SessionEnd {
-        let mut last_sent = Instant::now();
+        let mut last_heartbeat: Option<Instant> = None;
         let mut last_progress = Instant::now();
         // The peer's durable end, and since when it has not moved while
         // blocks sent are unacknowledged: a link that carries heartbeats but
@@ -649,6 +978,15 @@ impl Shared {
         loop {
             if dead.load(Ordering::SeqCst) || self.stopping() {
                 return SessionEnd::Stopped;
+            }
+            // Heartbeats go out on schedule even under load: they renew the
+            // lease and prove liveness.
+            let interval = self.heartbeat_interval();
+            if last_heartbeat.is_none_or(|t| t.elapsed() >= interval) {
+                if let Err(e) = self.send_heartbeat(sender) {
+                    return SessionEnd::Io(e);
+                }
+                last_heartbeat = Some(Instant::now());
             }
             let acked = self.repl.lock().peer_durable;
             if acked != stalled.0 || acked >= next {
@@ -660,7 +998,7 @@ impl Shared {
                 ));
             }
             let (mut blocks, from_log) = {
-                let mut s = self.repl.lock();
+                let s = self.repl.lock();
                 let i = s.ring.partition_point(|b| b.position < next);
                 if s.ring.get(i).is_some_and(|b| b.position == next) {
                     let mut bytes = 0;
@@ -680,19 +1018,13 @@ impl Shared {
                     if s.ring.back().is_some_and(|b| b.position + b.bytes.len() as u64 > next) {
                         return SessionEnd::Io(invalid(format!("position {next} is not a block boundary")));
                     }
-                    s = self.repl.wait(s, HEARTBEAT_INTERVAL);
-                    drop(s);
-                    if last_sent.elapsed() >= HEARTBEAT_INTERVAL {
-                        if let Err(e) = self.send_heartbeat(sender) {
-                            return SessionEnd::Io(e);
-                        }
-                        last_sent = Instant::now();
-                    }
+                    let wait = last_heartbeat.map_or(interval, |t| interval.saturating_sub(t.elapsed()));
+                    drop(self.repl.wait(s, wait));
                     continue;
                 }
             };
             if from_log {
-                match self.store.read_blocks(next, SEND_BATCH_BYTES) {
+                match self.store().read_blocks(next, SEND_BATCH_BYTES) {
                     Ok(found) if found.is_empty() => {
                         // Not durable here yet: the ring or the log has it soon.
                         std::thread::sleep(Duration::from_millis(1));
@@ -715,7 +1047,6 @@ impl Shared {
             if let Err(e) = sender.send(&messages) {
                 return SessionEnd::Io(e);
             }
-            last_sent = Instant::now();
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
                 let s = self.repl.lock();
@@ -731,9 +1062,23 @@ impl Shared {
         }
     }
 
+    /// Heartbeats come at least four times per lease.
+    fn heartbeat_interval(&self) -> Duration {
+        let lease = self.repl.lock().pair_lease;
+        lease.map_or(HEARTBEAT_INTERVAL, |l| HEARTBEAT_INTERVAL.min(l / 4))
+    }
+
     fn send_heartbeat(&self, sender: &Sender) -> std::io::Result<()> {
-        let info = self.store.info();
-        let commit_position = self.repl.lock().peer_durable;
+        let info = self.store().info();
+        let (commit_position, seq) = self.repl.update(|s| {
+            s.heartbeat_seq += 1;
+            let seq = s.heartbeat_seq;
+            s.heartbeats.push_back((seq, Instant::now()));
+            if s.heartbeats.len() > 1024 {
+                s.heartbeats.pop_front();
+            }
+            (s.answered_end, seq)
+        });
         // Log end and fingerprint are read together: a consistent pair the
         // secondary checks its own log against when it is at that position.
         sender.send(&[Message::Heartbeat {
@@ -741,6 +1086,7 @@ impl Shared {
             fingerprint: info.fingerprint,
             commit_position,
             time_ms: now_ms(),
+            seq,
         }])
     }
 
@@ -761,7 +1107,7 @@ impl Shared {
                 let mut stream = stream;
                 shared.register(&stream);
                 let mut connected = false;
-                let end = match shared.config.role {
+                let end = match shared.role() {
                     Role::Secondary => shared.secondary_session(&mut stream, &mut connected),
                     Role::Primary => shared.inbound_on_primary(&mut stream),
                 };
@@ -769,7 +1115,7 @@ impl Shared {
                 shared.unregister(&stream);
                 // On a primary the link is its own dialed one; only a refusal
                 // of an inbound peer is news.
-                let news = shared.config.role == Role::Secondary || matches!(end, SessionEnd::Refused(_));
+                let news = shared.role() == Role::Secondary || matches!(end, SessionEnd::Refused(_));
                 if news && !shared.stopping() {
                     shared.session_ended(&end, connected);
                 }
@@ -840,13 +1186,17 @@ impl Shared {
         };
         *connected = true;
         self.accepted();
-        let own = self.store.info().durable_end;
+        let own = self.store().info().durable_end;
         self.repl.update(|s| {
             s.peer_durable = peer.log_end;
             s.shipped_end = own;
             s.catchup = (own < peer.log_end).then_some(CatchUp { from: own, target: peer.log_end });
             s.lag.mark(peer.log_end);
+            s.last_heard = Some(Instant::now());
+            s.last_heartbeat = 0;
+            s.primary_committed = s.primary_committed.max(peer.commit_position);
         });
+        *lock(&self.session) = stream.try_clone().ok();
         if own < peer.log_end {
             tracing::info!("behind the primary: catching up {} bytes from position {own}", peer.log_end - own);
         }
@@ -887,10 +1237,14 @@ impl Shared {
                 Err(_) if self.stopping() => return SessionEnd::Stopped,
                 Err(e) => return SessionEnd::Io(e),
             };
+            if self.role() != Role::Secondary {
+                return SessionEnd::Stopped; // promoted meanwhile
+            }
+            self.repl.update(|s| s.last_heard = Some(Instant::now()));
             match message {
                 Message::Block { segment, position, block } => {
                     let end = position + block.len() as u64;
-                    let append = match self.store.submit_replicated(LogBlock { segment, position, bytes: block }) {
+                    let append = match self.store().submit_replicated(LogBlock { segment, position, bytes: block }) {
                         Ok(p) => p,
                         Err(e) => return SessionEnd::Io(std::io::Error::other(format!("applying a block: {e}"))),
                     };
@@ -899,28 +1253,34 @@ impl Shared {
                         s.peer_durable = s.peer_durable.max(end);
                         s.lag.mark(end);
                     });
-                    let durable = self.store.info().durable_end;
+                    let durable = self.store().info().durable_end;
                     if pending.send((end, append)).is_err() {
                         return SessionEnd::Stopped;
                     }
                     if received_acks {
-                        if let Err(e) = sender.send(&[Message::Ack { received_end: end, durable_end: durable }]) {
+                        let heartbeat = self.repl.lock().last_heartbeat;
+                        if let Err(e) =
+                            sender.send(&[Message::Ack { received_end: end, durable_end: durable, heartbeat }])
+                        {
                             return SessionEnd::Io(e);
                         }
                     }
                 }
-                Message::Heartbeat { log_end, fingerprint, .. } => {
+                Message::Heartbeat { log_end, fingerprint, commit_position, seq, .. } => {
                     let received = self.repl.update(|s| {
                         s.peer_durable = s.peer_durable.max(log_end);
                         s.lag.mark(log_end);
+                        s.last_heartbeat = seq;
+                        s.primary_committed = s.primary_committed.max(commit_position);
                         s.shipped_end
                     });
-                    let info = self.store.info();
+                    let info = self.store().info();
                     let durable = info.durable_end;
                     if durable == log_end && info.log_end == log_end {
                         self.verify_tail(log_end, fingerprint, info.fingerprint);
                     }
-                    if let Err(e) = sender.send(&[Message::Ack { received_end: received, durable_end: durable }]) {
+                    let ack = Message::Ack { received_end: received, durable_end: durable, heartbeat: seq };
+                    if let Err(e) = sender.send(&[ack]) {
                         return SessionEnd::Io(e);
                     }
                 }
@@ -930,7 +1290,7 @@ impl Shared {
                 last_progress = Instant::now();
                 let s = self.repl.lock();
                 if let Some(c) = s.catchup {
-                    let own = self.store.info().durable_end;
+                    let own = self.store().info().durable_end;
                     tracing::info!(
                         "catch-up: {} of {} bytes ({:.1}%)",
                         own.saturating_sub(c.from),
@@ -970,15 +1330,15 @@ impl Shared {
                 tracing::error!("a block from the primary was not applied: {e}");
                 return SessionEnd::Io(std::io::Error::other(e.to_string()));
             }
-            let received = self.repl.update(|s| {
+            let (received, heartbeat) = self.repl.update(|s| {
                 if s.catchup.is_some_and(|c| end >= c.target) {
                     tracing::info!("caught up with the primary at position {end}");
                     s.catchup = None;
                 }
-                s.shipped_end
+                (s.shipped_end, s.last_heartbeat)
             });
             if pending.is_empty() {
-                if let Err(e) = sender.send(&[Message::Ack { received_end: received, durable_end: end }]) {
+                if let Err(e) = sender.send(&[Message::Ack { received_end: received, durable_end: end, heartbeat }]) {
                     return SessionEnd::Io(e);
                 }
             }
@@ -989,9 +1349,9 @@ impl Shared {
     // ---- status --------------------------------------------------------------------
 
     fn status(&self) -> serde_json::Value {
-        let info = self.store.info();
+        let info = self.store().info();
         let mut s = self.repl.lock();
-        let primary = self.config.role == Role::Primary;
+        let primary = self.role() == Role::Primary;
         let (peer_durable, lag_bytes) = if primary {
             (s.peer_durable, info.durable_end.saturating_sub(s.peer_durable))
         } else {
@@ -1009,7 +1369,7 @@ impl Shared {
             })
         });
         serde_json::json!({
-            "role": self.config.role.name(),
+            "role": self.role().name(),
             "epoch": info.epoch,
             "store_id": info.store_id.to_string(),
             "node_id": info.node_id.to_string(),
@@ -1097,17 +1457,23 @@ impl Shared {
             Err(e) => failed(e),
         };
         match request {
-            Request::Put { key, value } => write(&|| self.store.put(&key, &value)),
-            Request::Delete { key } => write(&|| self.store.delete(&key)),
-            Request::Get { key } => match self.store.get(&key) {
+            Request::Put { key, value } => write(&|| self.store().put(&key, &value)),
+            Request::Delete { key } => write(&|| self.store().delete(&key)),
+            Request::Get { key } => match self.readable().and_then(|()| Ok(self.store().get(&key)?)) {
                 Ok(value) => Response::Value(value.map(|v| v.to_vec())),
-                Err(e) => failed(e.into()),
+                Err(e) => failed(e),
             },
-            Request::Scan { prefix, after, limit } => match self.scan_page(&prefix, after.as_deref(), limit) {
-                Ok((items, more)) => Response::Page { items, more },
-                Err(e) => failed(e.into()),
-            },
+            Request::Scan { prefix, after, limit } => {
+                match self.readable().and_then(|()| Ok(self.scan_page(&prefix, after.as_deref(), limit)?)) {
+                    Ok((items, more)) => Response::Page { items, more },
+                    Err(e) => failed(e),
+                }
+            }
             Request::Status => Response::Status(self.status().to_string()),
+            Request::Promote { force } => match self.promote(force) {
+                Ok(epoch) => Response::Status(serde_json::json!({ "epoch": epoch }).to_string()),
+                Err(e) => failed(e),
+            },
         }
     }
 
@@ -1125,7 +1491,7 @@ impl Shared {
         };
         let limit = limit.clamp(1, SCAN_PAGE_ITEMS_MAX) as usize;
         let (mut items, mut bytes) = (Vec::new(), 0usize);
-        for item in self.store.scan::<&[u8], _>((start, Bound::Unbounded))? {
+        for item in self.store().scan::<&[u8], _>((start, Bound::Unbounded))? {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 return Ok((items, false));

@@ -17,8 +17,8 @@
 //! * Every length read from the wire is checked against a named limit before
 //!   anything is allocated for it.
 
-use lockstep_engine::format::{BLOCK_LEN_MAX, KEY_LEN_MAX, VALUE_LEN_MAX};
-use lockstep_engine::{Fingerprint, NodeId, StoreId};
+use lockstep_engine::format::{BLOCK_LEN_MAX, EPOCH_HISTORY_MAX, KEY_LEN_MAX, VALUE_LEN_MAX};
+use lockstep_engine::{EpochStart, Fingerprint, NodeId, StoreId};
 
 /// The oldest replication protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
@@ -121,6 +121,15 @@ pub struct Hello {
     pub auth: bool,
     pub nonce: [u8; NONCE_LEN],
     pub software_version: String,
+    /// The store may hold acknowledged writes its peer lacks
+    /// (`COMPAT_UNREPLICATED_ACKS`).
+    pub unreplicated_acks: bool,
+    /// A secondary that promotes itself when the primary is silent longer
+    /// than `lease_ms` (plus a margin); the primary then holds a lease.
+    pub auto_failover: bool,
+    pub lease_ms: u64,
+    /// The epoch history, oldest first (the last is `epoch`).
+    pub epochs: Vec<EpochStart>,
 }
 
 /// Each side's answer to the other's Hello.
@@ -130,6 +139,11 @@ pub enum Verdict {
     Accept { version: u16 },
     /// Incompatible: the reason names the setting, both values and the fix.
     Refuse { reason: String },
+    /// (Primary to a former primary rejoining as secondary.) The peer's log
+    /// holds a tail after `position`, where this log's fingerprint is
+    /// `fingerprint` and a newer epoch began: truncate it there (if nothing
+    /// in it was acknowledged) and reconnect.
+    Rejoin { position: u64, fingerprint: Fingerprint },
 }
 
 /// A replication-link message.
@@ -153,6 +167,9 @@ pub enum Message {
     Ack {
         received_end: u64,
         durable_end: u64,
+        /// The `seq` of the last Heartbeat received (0: none yet): renews
+        /// the primary's lease from when it sent that heartbeat.
+        heartbeat: u64,
     },
     /// Liveness and verification, both ways: the sender's log end and its
     /// fingerprint there, and the highest acknowledged position it knows.
@@ -161,6 +178,8 @@ pub enum Message {
         fingerprint: Fingerprint,
         commit_position: u64,
         time_ms: u64,
+        /// Numbers the sender's heartbeats on this connection, from 1.
+        seq: u64,
     },
 }
 
@@ -184,6 +203,11 @@ pub enum Request {
         limit: u32,
     },
     Status,
+    /// Make this secondary the primary of the next epoch; `force` even if
+    /// it knows it lacks acknowledged writes.
+    Promote {
+        force: bool,
+    },
 }
 
 /// The answer to one [`Request`].
@@ -427,6 +451,12 @@ impl Message {
                 o.raw(&h.fingerprint.0.to_le_bytes()).u64(h.commit_position).u64(h.settings);
                 o.u8(h.sync as u8).u8(loss).u64(after_ms).u8(h.auth.into()).raw(&h.nonce);
                 o.bytes(text_of(&h.software_version));
+                o.u8(h.unreplicated_acks.into()).u8(h.auto_failover.into()).u64(h.lease_ms);
+                let epochs = &h.epochs[..h.epochs.len().min(EPOCH_HISTORY_MAX)];
+                o.u32(epochs.len() as u32);
+                for e in epochs {
+                    o.u64(e.epoch).u64(e.start_position);
+                }
                 KIND_HELLO
             }
             Message::Auth { proof } => {
@@ -441,16 +471,20 @@ impl Message {
                 o.u8(2).bytes(text_of(reason));
                 KIND_VERDICT
             }
+            Message::Verdict(Verdict::Rejoin { position, fingerprint }) => {
+                o.u8(3).u64(*position).raw(&fingerprint.0.to_le_bytes());
+                KIND_VERDICT
+            }
             Message::Block { segment, position, block } => {
                 o.u64(*segment).u64(*position).bytes(block);
                 KIND_BLOCK
             }
-            Message::Ack { received_end, durable_end } => {
-                o.u64(*received_end).u64(*durable_end);
+            Message::Ack { received_end, durable_end, heartbeat } => {
+                o.u64(*received_end).u64(*durable_end).u64(*heartbeat);
                 KIND_ACK
             }
-            Message::Heartbeat { log_end, fingerprint, commit_position, time_ms } => {
-                o.u64(*log_end).raw(&fingerprint.0.to_le_bytes()).u64(*commit_position).u64(*time_ms);
+            Message::Heartbeat { log_end, fingerprint, commit_position, time_ms, seq } => {
+                o.u64(*log_end).raw(&fingerprint.0.to_le_bytes()).u64(*commit_position).u64(*time_ms).u64(*seq);
                 KIND_HEARTBEAT
             }
         };
@@ -486,8 +520,26 @@ impl Message {
                 let auth = i.bool("auth")?;
                 let nonce = i.array()?;
                 let software_version = i.text("software_version")?;
+                let unreplicated_acks = i.bool("unreplicated_acks")?;
+                let auto_failover = i.bool("auto_failover")?;
+                let lease_ms = i.u64()?;
+                let count = i.u32()?;
+                if count == 0 || count as usize > EPOCH_HISTORY_MAX {
+                    return Err(WireError::BadField { field: "epoch_count", value: count.into() });
+                }
+                let mut epochs: Vec<EpochStart> = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    let e = EpochStart { epoch: i.u64()?, start_position: i.u64()? };
+                    if epochs.last().is_some_and(|p| e.epoch <= p.epoch || e.start_position < p.start_position) {
+                        return Err(WireError::BadField { field: "epochs", value: e.epoch });
+                    }
+                    epochs.push(e);
+                }
                 if protocol_min > protocol_max {
                     return Err(WireError::BadField { field: "protocol_min", value: protocol_min.into() });
+                }
+                if epochs.last().map(|e| e.epoch) != Some(epoch) {
+                    return Err(WireError::BadField { field: "epoch", value: epoch });
                 }
                 Message::Hello(Hello {
                     protocol_min,
@@ -506,12 +558,17 @@ impl Message {
                     auth,
                     nonce,
                     software_version,
+                    unreplicated_acks,
+                    auto_failover,
+                    lease_ms,
+                    epochs,
                 })
             }
             KIND_AUTH => Message::Auth { proof: i.array()? },
             KIND_VERDICT => match i.u8()? {
                 1 => Message::Verdict(Verdict::Accept { version: i.u16()? }),
                 2 => Message::Verdict(Verdict::Refuse { reason: i.text("reason")? }),
+                3 => Message::Verdict(Verdict::Rejoin { position: i.u64()?, fingerprint: Fingerprint(i.u128()?) }),
                 v => return Err(WireError::BadField { field: "verdict", value: v.into() }),
             },
             KIND_BLOCK => {
@@ -521,17 +578,18 @@ impl Message {
                 Message::Block { segment, position, block }
             }
             KIND_ACK => {
-                let (received_end, durable_end) = (i.u64()?, i.u64()?);
+                let (received_end, durable_end, heartbeat) = (i.u64()?, i.u64()?, i.u64()?);
                 if durable_end > received_end {
                     return Err(WireError::BadField { field: "durable_end", value: durable_end });
                 }
-                Message::Ack { received_end, durable_end }
+                Message::Ack { received_end, durable_end, heartbeat }
             }
             KIND_HEARTBEAT => Message::Heartbeat {
                 log_end: i.u64()?,
                 fingerprint: Fingerprint(i.u128()?),
                 commit_position: i.u64()?,
                 time_ms: i.u64()?,
+                seq: i.u64()?,
             },
             other => return Err(WireError::UnknownKind(other)),
         };
@@ -547,6 +605,7 @@ const REQ_GET: u8 = 2;
 const REQ_DELETE: u8 = 3;
 const REQ_SCAN: u8 = 4;
 const REQ_STATUS: u8 = 5;
+const REQ_PROMOTE: u8 = 6;
 const RESP_DONE: u8 = 1;
 const RESP_VALUE: u8 = 2;
 const RESP_PAGE: u8 = 3;
@@ -565,6 +624,7 @@ impl Request {
                 o.u32(*limit)
             }
             Request::Status => o.u8(REQ_STATUS),
+            Request::Promote { force } => o.u8(REQ_PROMOTE).u8((*force).into()),
         };
         frame(KIND_REQUEST, &o.0)
     }
@@ -590,6 +650,7 @@ impl Request {
                 Request::Scan { prefix, after: has_after.then_some(after), limit }
             }
             REQ_STATUS => Request::Status,
+            REQ_PROMOTE => Request::Promote { force: i.bool("force")? },
             v => return Err(WireError::BadField { field: "request", value: v.into() }),
         };
         i.end()?;
@@ -675,6 +736,10 @@ mod tests {
             auth: true,
             nonce: [5; NONCE_LEN],
             software_version: "0.1.0".into(),
+            unreplicated_acks: true,
+            auto_failover: true,
+            lease_ms: 300,
+            epochs: vec![EpochStart { epoch: 1, start_position: 0 }, EpochStart { epoch: 3, start_position: 1024 }],
         }
     }
 
@@ -685,8 +750,9 @@ mod tests {
             Message::Verdict(Verdict::Accept { version: 1 }),
             Message::Verdict(Verdict::Refuse { reason: "store ids differ: a ≠ b".into() }),
             Message::Block { segment: 2, position: 65536, block: bytes::Bytes::from_static(b"block bytes") },
-            Message::Ack { received_end: 100, durable_end: 96 },
-            Message::Heartbeat { log_end: 1, fingerprint: Fingerprint(2), commit_position: 1, time_ms: 4 },
+            Message::Verdict(Verdict::Rejoin { position: 4096, fingerprint: Fingerprint(17) }),
+            Message::Ack { received_end: 100, durable_end: 96, heartbeat: 7 },
+            Message::Heartbeat { log_end: 1, fingerprint: Fingerprint(2), commit_position: 1, time_ms: 4, seq: 7 },
         ]
     }
 
@@ -712,6 +778,7 @@ mod tests {
             Request::Scan { prefix: b"p/".to_vec(), after: Some(b"p/1".to_vec()), limit: 10 },
             Request::Scan { prefix: Vec::new(), after: None, limit: 1 },
             Request::Status,
+            Request::Promote { force: true },
         ];
         for req in requests {
             let (kind, payload) = roundtrip(&req.encode());
@@ -733,7 +800,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_fails_the_frame_checksum() {
-        let mut bytes = Message::Ack { received_end: 10, durable_end: 5 }.encode();
+        let mut bytes = Message::Ack { received_end: 10, durable_end: 5, heartbeat: 0 }.encode();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         assert!(matches!(decode_frame(&bytes), Err(WireError::Checksum { .. })));
@@ -747,7 +814,7 @@ mod tests {
             decode_header(&header),
             Err(WireError::TooLong { len: FRAME_PAYLOAD_MAX + 1, max: FRAME_PAYLOAD_MAX })
         );
-        let bytes = Message::Ack { received_end: 10, durable_end: 5 }.encode();
+        let bytes = Message::Ack { received_end: 10, durable_end: 5, heartbeat: 0 }.encode();
         assert_eq!(decode_frame(&bytes[..5]), Err(WireError::Truncated { need: FRAME_HEADER_LEN, len: 5 }));
         assert!(matches!(decode_frame(&bytes[..bytes.len() - 1]), Err(WireError::Truncated { .. })));
         let mut long = bytes.clone();
@@ -758,7 +825,7 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         assert_eq!(Message::decode(99, &[]), Err(WireError::UnknownKind(99)));
-        let ack = Message::decode(KIND_ACK, &[5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
+        let ack = Message::decode(KIND_ACK, &[5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(ack, Err(WireError::BadField { field: "durable_end", value: 6 }));
         let Message::Hello(h) = Message::decode(KIND_HELLO, &payload_of(&Message::Hello(hello()))).expect("hello")
         else {

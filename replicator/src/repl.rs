@@ -124,6 +124,25 @@ pub struct Inner {
     pub verified: Option<(u64, Instant)>,
     /// Secondary: a fingerprint mismatch found by that comparison.
     pub divergence: Option<String>,
+    /// Primary: the highest log end answered to writers.
+    pub answered_end: u64,
+    /// Primary: heartbeats sent on this link and not yet acknowledged, with
+    /// when they were sent; the last number used.
+    pub heartbeats: VecDeque<(u64, Instant)>,
+    pub heartbeat_seq: u64,
+    /// Primary: the lease, when the secondary runs automatic failover (it
+    /// may promote itself once the primary has been silent this long).
+    pub pair_lease: Option<Duration>,
+    /// Primary: the lease lasts until then (from when the last heartbeat
+    /// the secondary acknowledged was sent).
+    pub lease_until: Option<Instant>,
+    /// Secondary: when the primary was last heard from, the number of its
+    /// last heartbeat, and the highest position it reported acknowledged.
+    pub last_heard: Option<Instant>,
+    pub last_heartbeat: u64,
+    pub primary_committed: u64,
+    /// Set while this node is being demoted: waiting writers fail.
+    pub demoted: Option<String>,
 }
 
 /// A node's replication state; implements the engine's [`Replica`] hook.
@@ -160,6 +179,15 @@ impl ReplState {
                 waker: None,
                 verified: None,
                 divergence: None,
+                answered_end: 0,
+                heartbeats: VecDeque::new(),
+                heartbeat_seq: 0,
+                pair_lease: None,
+                lease_until: None,
+                last_heard: None,
+                last_heartbeat: 0,
+                primary_committed: 0,
+                demoted: None,
             }),
             changed: Condvar::new(),
         }
@@ -209,6 +237,22 @@ impl ReplState {
                 s.degraded = false;
             }
         });
+    }
+
+    /// The secondary acknowledged heartbeat `seq`: the lease lasts until
+    /// `lease` after that heartbeat was sent.
+    pub fn renew_lease(&self, seq: u64) {
+        let mut s = self.lock();
+        let Some(lease) = s.pair_lease else { return };
+        while let Some(&(n, sent)) = s.heartbeats.front() {
+            if n > seq {
+                break;
+            }
+            s.heartbeats.pop_front();
+            if n == seq {
+                s.lease_until = Some(s.lease_until.map_or(sent + lease, |t| t.max(sent + lease)));
+            }
+        }
     }
 
     /// Bytes answered to writers that the peer does not hold durably.
@@ -261,6 +305,9 @@ impl ReplState {
         if s.closing {
             return Err("the node shut down before the secondary acknowledged the write".into());
         }
+        if let Some(reason) = &s.demoted {
+            return Err(reason.clone());
+        }
         let acknowledged = match self.sync {
             SyncLevel::Durable => s.peer_durable,
             SyncLevel::Received => s.peer_received,
@@ -273,10 +320,12 @@ impl ReplState {
             if alone {
                 s.alone_end = s.alone_end.max(answerable);
             }
+            s.answered_end = s.answered_end.max(answerable);
             return Ok(Some(Replicated { end: answerable, alone }));
         }
         if s.degraded {
             s.alone_end = s.alone_end.max(end);
+            s.answered_end = s.answered_end.max(end);
             return Ok(Some(Replicated { end, alone: true }));
         }
         let PeerLoss::Degrade { after_ms } = self.peer_loss else {
@@ -301,6 +350,7 @@ impl ReplState {
         s.degraded = true;
         s.degraded_at = s.peer_durable;
         s.alone_end = s.alone_end.max(end);
+        s.answered_end = s.answered_end.max(end);
         Ok(Some(Replicated { end, alone: true }))
     }
 }

@@ -17,6 +17,8 @@ fn config(dir: &std::path::Path, role: Role, peer: String) -> NodeConfig {
         sync: SyncLevel::Durable,
         peer_loss: PeerLoss::Block,
         auth_key: None,
+        auto_failover: false,
+        lease: lockstep_replicator::node::LEASE_DEFAULT,
     }
 }
 

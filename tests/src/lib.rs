@@ -1,5 +1,7 @@
 //! Helpers for integration tests that run the real `lockstep` binary.
 
+pub mod pair;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -4,141 +4,13 @@
 //! refused with exit 76 before anything is written, and the peer-loss
 //! policies behave through a fault-injecting proxy.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use lockstep_replicator::client::Client;
 use lockstep_replicator::proxy::{Fault, FaultProxy};
-use lockstep_tests::{expect_code, p, serve, try_serve, Served};
+use lockstep_tests::pair::*;
+use lockstep_tests::{expect_code, p, try_serve, Served};
 use serde_json::Value;
-
-const SEGMENT_SIZE: &str = "256K";
-
-/// A primary and a secondary store, bound to the same store id.
-fn init_pair(root: &Path) -> (PathBuf, PathBuf) {
-    let (primary, secondary) = (root.join("primary"), root.join("secondary"));
-    let id = expect_code(0, ["init", p(&primary), "--segment-size", SEGMENT_SIZE]).stdout;
-    expect_code(0, ["init", p(&secondary), "--segment-size", SEGMENT_SIZE, "--store-id", id.trim()]);
-    (primary, secondary)
-}
-
-fn secondary_args(dir: &Path, repl: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["--dir", p(dir), "--role", "secondary", "--repl", repl, "--peer", "127.0.0.1:9"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--client".into(), "127.0.0.1:0".into()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn primary_args(dir: &Path, peer: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["--dir", p(dir), "--role", "primary", "--repl", "127.0.0.1:0", "--peer", peer]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--client".into(), "127.0.0.1:0".into()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn start_secondary(dir: &Path, repl: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
-    let log = dir.with_extension("secondary.log");
-    serve(&secondary_args(dir, repl, extra), env, &log)
-}
-
-fn start_primary(dir: &Path, peer: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
-    let log = dir.with_extension("primary.log");
-    serve(&primary_args(dir, peer, extra), env, &log)
-}
-
-/// A running pair; the primary dials `peer` (the secondary or a proxy).
-fn start_pair(primary: &Path, secondary: &Path, extra: &[&str]) -> (Served, Served) {
-    let s = start_secondary(secondary, "127.0.0.1:0", &[], &[]);
-    let peer = s.repl.clone().expect("secondary repl address");
-    let pr = start_primary(primary, &peer, extra, &[]);
-    (pr, s)
-}
-
-fn status(addr: &str) -> Value {
-    Client::connect(addr).and_then(|mut c| c.status()).expect("status")
-}
-
-/// Waits for `cond`; on a timeout, fails with the nodes' logs.
-#[track_caller]
-fn wait_until(what: &str, nodes: &[&Served], timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = nodes.iter().map(|n| format!("--- {}:\n{}", n.stderr.display(), n.log())).collect();
-            panic!("timed out waiting until {what}\n{}", logs.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Writers that put distinct keys through the client until stopped, and
-/// record every key whose put was acknowledged.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, String)>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Writers {
-    fn start(addr: &str, n: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..n)
-            .map(|t| {
-                let (addr, stop, acked) = (addr.to_string(), stop.clone(), acked.clone());
-                std::thread::spawn(move || {
-                    let Ok(mut client) = Client::connect(&addr) else { return };
-                    for i in 0.. {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        let (key, value) = (format!("w{t}/{i:06}"), format!("value {t} {i} {}", "x".repeat(150)));
-                        if client.put(key.as_bytes(), value.as_bytes()).is_err() {
-                            return;
-                        }
-                        acked.lock().expect("acked").push((key, value));
-                    }
-                })
-            })
-            .collect();
-        Writers { stop, acked, threads }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().expect("acked").len()
-    }
-
-    #[track_caller]
-    fn wait_for(&self, n: usize, nodes: &[&Served]) {
-        wait_until(&format!("{n} writes are acknowledged"), nodes, Duration::from_secs(60), || self.count() >= n);
-    }
-
-    fn finish(self) -> Vec<(String, String)> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            t.join().expect("writer thread");
-        }
-        Arc::try_unwrap(self.acked).expect("writers done").into_inner().expect("acked")
-    }
-}
-
-#[track_caller]
-fn assert_all_readable(addr: &str, acked: &[(String, String)]) {
-    let mut client = Client::connect(addr).expect("connect");
-    for (key, value) in acked {
-        let got = client.get(key.as_bytes()).expect("get");
-        assert_eq!(got.as_deref(), Some(value.as_bytes()), "acknowledged write {key} is missing on {addr}");
-    }
-}
 
 #[test]
 fn acknowledged_writes_are_on_the_secondary_when_the_primary_is_killed() {
@@ -163,25 +35,6 @@ fn acknowledged_writes_are_on_the_secondary_when_the_primary_is_killed() {
     let scan = expect_code(0, ["client", "--addr", &secondary.client, "scan", "--prefix", "w0/"]).stdout;
     assert!(scan.lines().count() >= acked.iter().filter(|(k, _)| k.starts_with("w0/")).count());
     assert!(scan.lines().all(|l| l.starts_with("w0/")), "{scan}");
-}
-
-/// Segment files of `dir` by name; a trailing pre-zeroed spare is left out.
-fn segments(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry"))
-        .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read")))
-        .collect();
-    files.sort();
-    while files.last().is_some_and(|(_, bytes)| bytes.iter().all(|b| *b == 0)) {
-        files.pop();
-    }
-    files
-}
-
-fn inspect(dir: &Path) -> Value {
-    serde_json::from_str(&expect_code(0, ["inspect", p(dir), "--json"]).stdout).expect("inspect json")
 }
 
 #[test]
@@ -322,16 +175,6 @@ fn pair_through_proxy(root: &Path, extra: &[&str]) -> (Served, Served, FaultProx
     let proxy = FaultProxy::start("127.0.0.1:0", target).expect("proxy");
     let primary = start_primary(&pdir, &proxy.addr().to_string(), extra, &[]);
     (primary, secondary, proxy)
-}
-
-fn put_in_background(addr: &str, key: &str) -> JoinHandle<Result<Duration, String>> {
-    let (addr, key) = (addr.to_string(), key.to_string());
-    std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut client = Client::connect(&addr).map_err(|e| e.to_string())?;
-        client.put(key.as_bytes(), b"value").map_err(|e| e.to_string())?;
-        Ok(started.elapsed())
-    })
 }
 
 #[test]
