@@ -125,6 +125,18 @@ impl Client {
         }
     }
 
+    /// Planned switchover, asked of the primary: returns the epoch of the
+    /// new primary (its former secondary) once this node rejoined it.
+    pub fn switchover(&mut self) -> Result<u64> {
+        match self.call(&Request::Switchover)? {
+            Response::Status(json) => serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| v["epoch"].as_u64())
+                .ok_or_else(|| ClientError::Unexpected(Box::new(Response::Status(json)))),
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
     /// The node's status object.
     pub fn status(&mut self) -> Result<serde_json::Value> {
         match self.call(&Request::Status)? {

@@ -117,6 +117,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Planned switchover: the primary stops taking writes, waits until its
+    /// secondary holds everything, and the two swap roles (no write lost).
+    Switchover {
+        /// The primary's client address.
+        #[arg(long)]
+        addr: String,
+    },
     /// Export a former primary's divergent tail (JSON lines) and truncate it,
     /// so the node can rejoin the new primary after a split-brain refusal.
     Rejoin {
@@ -346,6 +353,10 @@ fn run(command: Command) -> Result<u8, Failure> {
         Command::Promote { addr, force } => {
             let epoch = Client::connect(&addr).and_then(|mut c| c.promote(force)).map_err(Failure::from)?;
             writeln!(out, "promoted {addr} to primary at epoch {epoch}")?;
+        }
+        Command::Switchover { addr } => {
+            let epoch = Client::connect(&addr).and_then(|mut c| c.switchover()).map_err(Failure::from)?;
+            writeln!(out, "switched over: {addr} is now the secondary; its peer is primary at epoch {epoch}")?;
         }
         Command::Rejoin { dir, export, position } => {
             let cut = lockstep_replicator::rejoin::rejoin(&dir, &export, position)?;

@@ -422,6 +422,11 @@ impl Shared {
 
     fn writable(&self) -> Result<(), NodeError> {
         match self.role() {
+            Role::Primary if self.repl.lock().switching => Err(NodeError::Unavailable(
+                "a switchover is under way: this node is handing the primary role to its secondary; retry on the new \
+                 primary"
+                    .into(),
+            )),
             Role::Primary => Ok(()),
             Role::Secondary => Err(NodeError::NotPrimary { peer: self.config.peer.clone() }),
         }
@@ -653,8 +658,9 @@ impl Shared {
         }
     }
 
-    fn accepted(&self) {
+    fn accepted(&self, peer: &Hello) {
         self.repl.update(|s| {
+            s.peer_epoch = peer.epoch;
             s.link = Link::Connected;
             s.refusal = None;
             s.accepted_once = true;
@@ -699,6 +705,8 @@ impl Shared {
             s.pair_lease = None;
             s.lease_until = None;
             s.last_heard = None;
+            s.switching = false;
+            s.handed_over = false;
         });
         tracing::warn!(
             "promoted to primary at epoch {epoch} from log position {log_end}{}; taking writes alone until {} \
@@ -744,6 +752,7 @@ impl Shared {
         self.repl.update(|s| {
             s.demoted = Some(reason.clone());
             s.degraded = false;
+            s.switching = false;
             s.pair_lease = None;
             s.link = Link::Connecting;
         });
@@ -908,7 +917,7 @@ impl Shared {
         };
         *connected = true;
         let durable = self.store().info().durable_end;
-        self.accepted();
+        self.accepted(&peer);
         self.repl.update(|s| {
             s.peer_durable = peer.log_end;
             s.peer_received = peer.log_end;
@@ -988,6 +997,9 @@ impl Shared {
                 }
                 last_heartbeat = Some(Instant::now());
             }
+            if let Some(end) = self.try_handover(sender, next) {
+                return end;
+            }
             let acked = self.repl.lock().peer_durable;
             if acked != stalled.0 || acked >= next {
                 stalled = (acked, Instant::now());
@@ -1059,6 +1071,82 @@ impl Shared {
                     );
                 }
             }
+        }
+    }
+
+    /// During a switchover, once every block was sent and the secondary
+    /// holds all of it durably: sends Handover and ends the session.
+    fn try_handover(&self, sender: &Sender, next: u64) -> Option<SessionEnd> {
+        let info = self.store().info();
+        {
+            let s = self.repl.lock();
+            if !s.switching || s.handed_over || next != info.log_end || s.peer_durable != info.log_end {
+                return None;
+            }
+        }
+        if info.durable_end != info.log_end {
+            return None;
+        }
+        let handover = Message::Handover { position: info.log_end, fingerprint: info.fingerprint };
+        if let Err(e) = sender.send(&[handover]) {
+            return Some(SessionEnd::Io(e));
+        }
+        self.repl.update(|s| s.handed_over = true);
+        tracing::info!("switchover: handed over at log position {}; waiting for the new primary", info.log_end);
+        Some(SessionEnd::Retry("handed over the primary role".into()))
+    }
+
+    /// Planned switchover (on the primary): refuse new writes, let the
+    /// secondary get everything, hand over, and rejoin the new primary as
+    /// its secondary. Returns the new primary's epoch.
+    fn switchover(&self) -> Result<u64, NodeError> {
+        if self.role() != Role::Primary {
+            return Err(NodeError::InvalidArgument(
+                "switchover is asked of the primary; this node is the secondary".into(),
+            ));
+        }
+        {
+            let s = self.repl.lock();
+            if s.link != Link::Connected || s.degraded {
+                return Err(NodeError::Unavailable(format!(
+                    "the secondary is not in step (link {}, degraded {}): a switchover would lose writes; fail over \
+                     instead, or wait",
+                    s.link.name(),
+                    s.degraded
+                )));
+            }
+        }
+        let epoch = self.store().info().epoch;
+        self.repl.update(|s| {
+            s.switching = true;
+            s.handed_over = false;
+        });
+        // Writes already taken finish (replicated) before the handover.
+        let drained = self.store().sync();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (handed_over, peer_epoch, link) = {
+                let s = self.repl.lock();
+                (s.handed_over, s.peer_epoch, s.link)
+            };
+            if self.role() == Role::Secondary && link == Link::Connected && peer_epoch > epoch {
+                tracing::info!("switchover complete: the peer is primary at epoch {peer_epoch}");
+                return Ok(peer_epoch);
+            }
+            if Instant::now() > deadline || (drained.is_err() && !handed_over) {
+                if !handed_over {
+                    self.repl.update(|s| s.switching = false);
+                }
+                return Err(NodeError::Unavailable(format!(
+                    "the switchover did not complete{}; check both nodes with `lockstep status`",
+                    if handed_over {
+                        " after the handover (this node takes no writes)"
+                    } else {
+                        "; this node is still the primary"
+                    }
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -1185,7 +1273,7 @@ impl Shared {
             Err(end) => return end,
         };
         *connected = true;
-        self.accepted();
+        self.accepted(&peer);
         let own = self.store().info().durable_end;
         self.repl.update(|s| {
             s.peer_durable = peer.log_end;
@@ -1284,6 +1372,9 @@ impl Shared {
                         return SessionEnd::Io(e);
                     }
                 }
+                Message::Handover { position, fingerprint } => {
+                    return self.take_over(position, fingerprint, pending);
+                }
                 other => return SessionEnd::Io(invalid(format!("unexpected message from the primary: {other:?}"))),
             }
             if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -1299,6 +1390,31 @@ impl Shared {
                     );
                 }
             }
+        }
+    }
+
+    /// The primary handed over: once every block is applied, this log must
+    /// end exactly where the primary's does; then this node promotes itself.
+    fn take_over(
+        &self,
+        position: u64,
+        fingerprint: lockstep_engine::Fingerprint,
+        pending: &crossbeam_channel::Sender<(u64, lockstep_engine::PendingAppend)>,
+    ) -> SessionEnd {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pending.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let info = self.store().info();
+        if info.durable_end != position || info.fingerprint != fingerprint {
+            return SessionEnd::Io(invalid(format!(
+                "handover refused: the primary's log ends at {position} ({fingerprint}), this one at {} ({})",
+                info.durable_end, info.fingerprint
+            )));
+        }
+        match self.promote(false) {
+            Ok(epoch) => SessionEnd::Retry(format!("took over as primary of epoch {epoch}")),
+            Err(e) => SessionEnd::Io(std::io::Error::other(format!("handover: {e}"))),
         }
     }
 
@@ -1470,6 +1586,10 @@ impl Shared {
                 }
             }
             Request::Status => Response::Status(self.status().to_string()),
+            Request::Switchover => match self.switchover() {
+                Ok(epoch) => Response::Status(serde_json::json!({ "epoch": epoch }).to_string()),
+                Err(e) => failed(e),
+            },
             Request::Promote { force } => match self.promote(force) {
                 Ok(epoch) => Response::Status(serde_json::json!({ "epoch": epoch }).to_string()),
                 Err(e) => failed(e),

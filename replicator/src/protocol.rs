@@ -46,6 +46,7 @@ pub const KIND_VERDICT: u16 = 3;
 pub const KIND_BLOCK: u16 = 4;
 pub const KIND_ACK: u16 = 5;
 pub const KIND_HEARTBEAT: u16 = 6;
+pub const KIND_HANDOVER: u16 = 7;
 pub const KIND_REQUEST: u16 = 32;
 pub const KIND_RESPONSE: u16 = 33;
 
@@ -181,6 +182,14 @@ pub enum Message {
         /// Numbers the sender's heartbeats on this connection, from 1.
         seq: u64,
     },
+    /// (Primary to secondary, planned switchover.) Every write is
+    /// replicated and the log ends at `position` with `fingerprint`: if the
+    /// secondary's log is exactly that, it becomes the primary of the next
+    /// epoch; the sender then rejoins it as secondary.
+    Handover {
+        position: u64,
+        fingerprint: Fingerprint,
+    },
 }
 
 /// A client request.
@@ -208,6 +217,9 @@ pub enum Request {
     Promote {
         force: bool,
     },
+    /// (To the primary.) Planned switchover: stop taking writes, wait until
+    /// the secondary holds everything, and swap roles.
+    Switchover,
 }
 
 /// The answer to one [`Request`].
@@ -487,6 +499,10 @@ impl Message {
                 o.u64(*log_end).raw(&fingerprint.0.to_le_bytes()).u64(*commit_position).u64(*time_ms).u64(*seq);
                 KIND_HEARTBEAT
             }
+            Message::Handover { position, fingerprint } => {
+                o.u64(*position).raw(&fingerprint.0.to_le_bytes());
+                KIND_HANDOVER
+            }
         };
         frame(kind, &o.0)
     }
@@ -591,6 +607,7 @@ impl Message {
                 time_ms: i.u64()?,
                 seq: i.u64()?,
             },
+            KIND_HANDOVER => Message::Handover { position: i.u64()?, fingerprint: Fingerprint(i.u128()?) },
             other => return Err(WireError::UnknownKind(other)),
         };
         i.end()?;
@@ -606,6 +623,7 @@ const REQ_DELETE: u8 = 3;
 const REQ_SCAN: u8 = 4;
 const REQ_STATUS: u8 = 5;
 const REQ_PROMOTE: u8 = 6;
+const REQ_SWITCHOVER: u8 = 7;
 const RESP_DONE: u8 = 1;
 const RESP_VALUE: u8 = 2;
 const RESP_PAGE: u8 = 3;
@@ -625,6 +643,7 @@ impl Request {
             }
             Request::Status => o.u8(REQ_STATUS),
             Request::Promote { force } => o.u8(REQ_PROMOTE).u8((*force).into()),
+            Request::Switchover => o.u8(REQ_SWITCHOVER),
         };
         frame(KIND_REQUEST, &o.0)
     }
@@ -651,6 +670,7 @@ impl Request {
             }
             REQ_STATUS => Request::Status,
             REQ_PROMOTE => Request::Promote { force: i.bool("force")? },
+            REQ_SWITCHOVER => Request::Switchover,
             v => return Err(WireError::BadField { field: "request", value: v.into() }),
         };
         i.end()?;
@@ -751,6 +771,7 @@ mod tests {
             Message::Verdict(Verdict::Refuse { reason: "store ids differ: a ≠ b".into() }),
             Message::Block { segment: 2, position: 65536, block: bytes::Bytes::from_static(b"block bytes") },
             Message::Verdict(Verdict::Rejoin { position: 4096, fingerprint: Fingerprint(17) }),
+            Message::Handover { position: 4096, fingerprint: Fingerprint(18) },
             Message::Ack { received_end: 100, durable_end: 96, heartbeat: 7 },
             Message::Heartbeat { log_end: 1, fingerprint: Fingerprint(2), commit_position: 1, time_ms: 4, seq: 7 },
         ]
@@ -779,6 +800,7 @@ mod tests {
             Request::Scan { prefix: Vec::new(), after: None, limit: 1 },
             Request::Status,
             Request::Promote { force: true },
+            Request::Switchover,
         ];
         for req in requests {
             let (kind, payload) = roundtrip(&req.encode());

@@ -143,6 +143,13 @@ pub struct Inner {
     pub primary_committed: u64,
     /// Set while this node is being demoted: waiting writers fail.
     pub demoted: Option<String>,
+    /// Primary: a planned switchover is under way (writes are refused;
+    /// the sender hands over once the secondary holds everything).
+    pub switching: bool,
+    /// Primary: the Handover was sent.
+    pub handed_over: bool,
+    /// The epoch of the peer at the last handshake.
+    pub peer_epoch: u64,
 }
 
 /// A node's replication state; implements the engine's [`Replica`] hook.
@@ -188,6 +195,9 @@ impl ReplState {
                 last_heartbeat: 0,
                 primary_committed: 0,
                 demoted: None,
+                switching: false,
+                handed_over: false,
+                peer_epoch: 0,
             }),
             changed: Condvar::new(),
         }
@@ -227,9 +237,12 @@ impl ReplState {
                     s.catchup = None;
                 }
             }
-            // Back in step: the peer stored something written since it was
-            // lost (a stale ack proves nothing) and is close to the end.
-            if s.degraded && s.peer_durable > s.degraded_at && s.peer_durable + RESYNC_SLACK_BYTES >= s.shipped_end {
+            // Back in step: the peer holds everything, or it stored something
+            // written since it was lost (a stale ack proves nothing) and is
+            // close to the end.
+            let resynced = s.peer_durable >= s.shipped_end
+                || (s.peer_durable > s.degraded_at && s.peer_durable + RESYNC_SLACK_BYTES >= s.shipped_end);
+            if s.degraded && resynced {
                 tracing::warn!(
                     "the secondary is back in step at position {}: writes wait for it again (synchronous mode)",
                     s.peer_durable

@@ -209,3 +209,27 @@ fn a_partitioned_primary_stops_answering_once_its_lease_expires() {
     assert!(exported >= 1, "the truncated tail was not exported");
     assert!(a.log().contains("rejoined: truncated"), "{}", a.log());
 }
+
+#[test]
+fn switchover_swaps_roles_both_ways_with_no_write_lost() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = init_pair(root.path());
+    let (a_repl, b_repl) = (free_addr(), free_addr());
+    let b = start_node(&b_dir, "secondary", &b_repl, &a_repl, &[]);
+    let a = start_node(&a_dir, "primary", &a_repl, &b_repl, &[]);
+    let mut acked = Vec::new();
+    for (primary, secondary, epoch) in [(&a, &b, 2), (&b, &a, 3)] {
+        let writers = Writers::start(&primary.client, 4);
+        writers.wait_for(200, &[primary, secondary]);
+        let run = expect_code(0, ["switchover", "--addr", &primary.client]);
+        assert!(run.stdout.contains(&format!("epoch {epoch}")), "{}", run.stdout);
+        acked.extend(writers.finish()); // writes during the switchover were refused, not lost
+        let (p, s) = (status(&secondary.client), status(&primary.client));
+        assert_eq!((p["role"].as_str(), p["epoch"].as_u64()), (Some("primary"), Some(epoch)), "{p}");
+        assert_eq!(s["role"], "secondary", "{s}");
+        wait_identical(secondary, primary);
+        assert_eq!(status(secondary.client.as_str())["exposure_bytes"], 0);
+        assert_all_readable(&secondary.client, &acked);
+        assert_all_readable(&primary.client, &acked);
+    }
+}
