@@ -57,6 +57,12 @@ impl Client {
         Err(unreachable(last))
     }
 
+    /// Gives up on an answer after `timeout` (an error of unknown outcome
+    /// for a write); `None` waits for ever (the default).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        Ok(self.stream.set_read_timeout(timeout)?)
+    }
+
     /// Sends one request and reads its answer; a remote error becomes
     /// [`ClientError::Remote`].
     pub fn call(&mut self, request: &Request) -> Result<Response> {

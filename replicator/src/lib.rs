@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod drill;
 pub mod handshake;
 pub mod inspect;
 pub mod load;

@@ -688,6 +688,7 @@ impl Shared {
         if let Some(session) = lock(&self.session).take() {
             let _ = session.shutdown(Shutdown::Both);
         }
+        let (began, started) = (now_ms(), Instant::now());
         let epoch = store.promote()?;
         let log_end = store.info().log_end;
         *lock(&self.role) = Role::Primary;
@@ -707,6 +708,7 @@ impl Shared {
             s.last_heard = None;
             s.switching = false;
             s.handed_over = false;
+            s.promoted = Some((began, started.elapsed()));
         });
         tracing::warn!(
             "promoted to primary at epoch {epoch} from log position {log_end}{}; taking writes alone until {} \
@@ -820,6 +822,7 @@ impl Shared {
         });
         match truncated {
             Ok(Some(cut)) => {
+                self.repl.update(|s| s.truncated_bytes += cut.bytes);
                 tracing::warn!(
                     "rejoined: truncated {} unacknowledged bytes ({} records, exported to {}) after position {position}",
                     cut.bytes,
@@ -1340,6 +1343,7 @@ impl Shared {
                         s.shipped_end = end;
                         s.peer_durable = s.peer_durable.max(end);
                         s.lag.mark(end);
+                        s.applied_bytes += end - position;
                     });
                     let durable = self.store().info().durable_end;
                     if pending.send((end, append)).is_err() {
@@ -1509,6 +1513,15 @@ impl Shared {
             "verified_position": s.verified.map(|(position, _)| position),
             "verified_ago_ms": s.verified.map(|(_, at)| at.elapsed().as_millis() as u64),
             "divergence": s.divergence,
+            "auto_failover": self.config.auto_failover,
+            "lease_ms": self.config.lease.as_millis() as u64,
+            "lease_left_ms": s.lease_until.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            "last_heard_ms": s.last_heard.map(|t| t.elapsed().as_millis() as u64),
+            "primary_committed": s.primary_committed,
+            "applied_bytes": s.applied_bytes,
+            "truncated_bytes": s.truncated_bytes,
+            "promoted_at_unix_ms": s.promoted.map(|(at, _)| at),
+            "promotion_ms": s.promoted.map(|(_, took)| took.as_secs_f64() * 1000.0),
             "keys": info.keys,
             "software_version": env!("CARGO_PKG_VERSION"),
         })

@@ -150,6 +150,13 @@ pub struct Inner {
     pub handed_over: bool,
     /// The epoch of the peer at the last handshake.
     pub peer_epoch: u64,
+    /// Secondary: bytes of blocks applied since the node started.
+    pub applied_bytes: u64,
+    /// Bytes this node truncated to rejoin since it started.
+    pub truncated_bytes: u64,
+    /// The last promotion of this node: when it began (unix ms) and how
+    /// long it took.
+    pub promoted: Option<(u64, Duration)>,
 }
 
 /// A node's replication state; implements the engine's [`Replica`] hook.
@@ -198,6 +205,9 @@ impl ReplState {
                 switching: false,
                 handed_over: false,
                 peer_epoch: 0,
+                applied_bytes: 0,
+                truncated_bytes: 0,
+                promoted: None,
             }),
             changed: Condvar::new(),
         }
