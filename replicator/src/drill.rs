@@ -52,6 +52,36 @@ pub struct DrillSpec {
     pub dir: PathBuf,
     /// The `lockstep` binary to run the nodes with.
     pub binary: PathBuf,
+    /// Bytes of data both sites hold before each drill (0: none): loaded
+    /// into the first site, whose segment files are then copied to the
+    /// second (they are byte-identical by design).
+    pub preload: u64,
+}
+
+/// Fills the store in `from` with about `bytes` of records (1 KiB values,
+/// buffered, one sync) and copies its segment files into `to`.
+fn preload(from: &Path, to: &Path, bytes: u64) -> Result<(), Failed> {
+    let store = Arc::new(lockstep_engine::Store::open(
+        from,
+        lockstep_engine::Options { durability: lockstep_engine::Durability::Buffered, ..Default::default() },
+    )?);
+    let spec = crate::load::LoadSpec {
+        records: bytes / 1050,
+        key_size: 16,
+        value_size: 1024,
+        writers: 2,
+        batch: 64,
+        ack_log: None,
+    };
+    crate::load::run(store.clone(), lockstep_engine::Durability::Buffered, &spec)?;
+    Arc::into_inner(store).ok_or("the preloaded store is still in use")?.close()?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("segment-") {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// What one drill measured.
@@ -331,6 +361,10 @@ fn drill(
     let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
     let id = run_cli(&spec.binary, &["init", &a_dir.to_string_lossy(), "--segment-size", "4M"])?;
     run_cli(&spec.binary, &["init", &b_dir.to_string_lossy(), "--segment-size", "4M", "--store-id", id.trim()])?;
+    if spec.preload > 0 {
+        eprint!("(preloading {} MiB) ", spec.preload >> 20);
+        preload(&a_dir, &b_dir, spec.preload)?;
+    }
     let (a_repl, b_repl) = (free_addr()?, free_addr()?);
     let to_b = FaultProxy::start("127.0.0.1:0", b_repl.parse()?)?;
     let to_a = FaultProxy::start("127.0.0.1:0", a_repl.parse()?)?;

@@ -156,6 +156,10 @@ enum Command {
         /// Write every client operation as JSON lines (Jepsen-style history).
         #[arg(long)]
         history: Option<PathBuf>,
+        /// Data both sites hold before each drill (e.g. 1G), to measure
+        /// rejoin on a large store.
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        preload: u64,
     },
     /// Export a former primary's divergent tail (JSON lines) and truncate it,
     /// so the node can rejoin the new primary after a split-brain refusal.
@@ -400,7 +404,19 @@ fn run(command: Command) -> Result<u8, Failure> {
             let epoch = Client::connect(&addr).and_then(|mut c| c.switchover()).map_err(Failure::from)?;
             writeln!(out, "switched over: {addr} is now the secondary; its peer is primary at epoch {epoch}")?;
         }
-        Command::Drill { drills, fault, writers, auto_failover: _, manual, lease, dir, json, svg, history } => {
+        Command::Drill {
+            drills,
+            fault,
+            writers,
+            auto_failover: _,
+            manual,
+            lease,
+            dir,
+            json,
+            svg,
+            history,
+            preload,
+        } => {
             use lockstep_replicator::drill::{self, DrillSpec, FaultKind};
             let faults = match fault {
                 FaultArg::KillPrimary => vec![FaultKind::KillPrimary],
@@ -421,6 +437,7 @@ fn run(command: Command) -> Result<u8, Failure> {
                 lease,
                 dir: dir.clone(),
                 binary,
+                preload,
             };
             let mut ops = Vec::new();
             let result = drill::run(&spec, &mut out, &mut ops);

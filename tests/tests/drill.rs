@@ -50,10 +50,12 @@ fn every_fault_fails_over_and_rejoins_without_losing_an_acknowledged_write() {
 }
 
 #[test]
-fn manual_failover_drill_promotes_through_the_cli() {
-    let (report, _) = run_drill(&["--manual", "--fault", "kill-primary", "--drills", "1", "--writers", "2"]);
-    let d = &report["drills"][0];
-    assert_eq!(d["fault"], "kill-primary");
-    assert!(d["promotion_ms"].as_f64().expect("promotion") > 0.0, "{d}");
-    assert_eq!(d["lost_acked_writes"], 0);
+fn manual_failover_drills_promote_through_the_cli() {
+    let (report, _) = run_drill(&["--manual", "--drills", "4", "--writers", "2"]);
+    for d in report["drills"].as_array().expect("drills") {
+        if d["fault"] != "kill-secondary" {
+            assert!(d["promotion_ms"].as_f64().expect("promotion") > 0.0, "{d}");
+        }
+        assert_eq!(d["lost_acked_writes"], 0, "{d}");
+    }
 }
