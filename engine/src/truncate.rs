@@ -3,10 +3,10 @@
 //! primary never had. The records removed are returned first, so a person
 //! (or `lockstep rejoin --export`) can keep them; nothing is dropped unseen.
 //!
-//! Works on a closed store (it takes the directory lock): segments after
-//! the cut are deleted, the segment holding it is zeroed from the cut to
-//! its end (seal included), and the superblock forgets epochs that began
-//! after the cut. A crash in between leaves a store that opens: zeros after
+//! [`truncate_tail`] works on a closed store (it takes the directory lock):
+//! segments after the cut are deleted, the segment holding it is zeroed
+//! from the cut to its end (seal included), and the superblock forgets
+//! epochs that began after the cut. A crash in between leaves a store that opens: zeros after
 //! the last block are a clean end, and a deleted later segment was never
 //! needed by an earlier one.
 
@@ -17,8 +17,8 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::format::{
-    block_seed, record_seed, verify_block, COMPAT_UNREPLICATED_ACKS, RECORD_KIND_PUT, SEAL_REGION,
-    SEGMENT_HEADER_REGION,
+    block_seed, record_seed, verify_block, SegmentHeader, COMPAT_UNREPLICATED_ACKS, RECORD_KIND_PUT,
+    SEGMENT_HEADER_LEN, SEGMENT_HEADER_REGION,
 };
 use crate::recovery;
 use crate::storage::{LockOutcome, OpenMode};
@@ -81,45 +81,49 @@ pub fn tail_records(store: &Store, position: u64) -> Result<Vec<RemovedRecord>> 
     Ok(records)
 }
 
-/// Removes every block at or after `position` (a block boundary) from the
-/// closed store in `dir` and returns what was removed. Clears
+/// Removes every block at or after `position` from the closed store in
+/// `dir`. `position` must be a block boundary of its log (as
+/// [`tail_records`] checks on the open store, which also lists what is
+/// removed). Reads only segment headers and the segment holding the cut:
+/// the time is proportional to the tail, not to the log. Clears
 /// [`COMPAT_UNREPLICATED_ACKS`]: what remains is what the peer has.
-pub fn truncate_tail(dir: &Path, options: &Options, position: u64) -> Result<Truncation> {
-    let store = Store::open(dir, Options { create_if_missing: false, replica: None, ..options.clone() })?;
-    let log_end = store.info().log_end;
-    let records = tail_records(&store, position)?;
-    store.close()?;
+pub fn truncate_tail(dir: &Path, options: &Options, position: u64) -> Result<()> {
     let storage = &*options.storage;
     let lock_path = dir.join(files::LOCK_FILE);
     let _guard = match storage.try_lock(&lock_path, "lockstep truncate").map_err(Error::io("locking the store"))? {
         LockOutcome::Acquired(guard) => guard,
         LockOutcome::HeldBy(holder) => return Err(Error::Locked { path: dir.into(), holder }),
     };
-    let report = recovery::scan(storage, dir, true, &mut |_| {})?;
-    let sb = report.superblock.clone();
-    for seg in report.segments.iter().rev() {
-        let io = |what: &str| Error::io(format!("{what} {}", seg.path.display()));
-        if seg.header.first_position > position && seg.number > report.segments[0].number {
-            storage.remove_file(&seg.path).map_err(io("removing"))?;
+    let sb = recovery::read_superblock(storage, dir, false)?;
+    let numbers = recovery::list_segments(storage, dir, &sb)?;
+    let mut header = vec![0u8; SEGMENT_HEADER_LEN];
+    let mut cut_done = false;
+    for (i, &number) in numbers.iter().enumerate().rev() {
+        let path = files::segment_path(dir, number);
+        let io = |what: &str| Error::io(format!("{what} {}", path.display()));
+        let file = storage.open(&path, OpenMode::ReadWrite).map_err(io("opening"))?;
+        file.read_exact_at(&mut header, 0).map_err(io("reading"))?;
+        // A segment without a header (a prepared spare) or starting after
+        // the cut goes; so does a spare left behind.
+        let first = SegmentHeader::decode(&header).ok().map(|h| h.first_position);
+        if first.is_none_or(|first| first > position) && i > 0 {
+            storage.remove_file(&path).map_err(io("removing"))?;
             continue;
         }
-        let file = storage.open(&seg.path, OpenMode::ReadWrite).map_err(io("opening"))?;
-        let from = SEGMENT_HEADER_REGION + (position - seg.header.first_position);
+        let first = first.ok_or_else(|| Error::corruption(&path, 0, crate::error::Corruption::MissingHeader))?;
         let zeros = vec![0u8; 1 << 20];
-        let mut at = from;
+        let mut at = SEGMENT_HEADER_REGION + (position - first);
         while at < sb.segment_size {
             let n = (sb.segment_size - at).min(zeros.len() as u64) as usize;
             file.write_all_at(&zeros[..n], at).map_err(io("zeroing"))?;
             at += n as u64;
         }
-        debug_assert!(from <= sb.segment_size - SEAL_REGION);
         file.sync_data().map_err(io("syncing"))?;
+        cut_done = true;
         break;
     }
-    // A prepared next segment would no longer follow the last one.
-    if let Some(spare) = report.spare {
-        let path = files::segment_path(dir, spare);
-        storage.remove_file(&path).map_err(Error::io(format!("removing {}", path.display())))?;
+    if !cut_done {
+        return Err(Error::InvalidArgument(format!("no segment of {} holds log position {position}", dir.display())));
     }
     storage.sync_dir(dir).map_err(Error::io("syncing the store directory"))?;
     let mut next = sb.clone();
@@ -135,9 +139,24 @@ pub fn truncate_tail(dir: &Path, options: &Options, position: u64) -> Result<Tru
     next.epoch = next.epochs.last().map_or(first.epoch, |e| e.epoch);
     next.compat_features &= !COMPAT_UNREPLICATED_ACKS;
     files::write_superblock(storage, dir, &next)?;
-    tracing::warn!(
-        "truncated the log from position {position} to its end {log_end}: {} records removed",
-        records.len()
-    );
+    tracing::warn!("truncated the log at position {position}");
+    Ok(())
+}
+
+/// Lists the tail after `position` of the store in `dir`, then removes it
+/// ([`tail_records`], then [`truncate_tail`]); `keep` gets the records
+/// before anything is changed (to export them) and may refuse.
+pub fn cut_tail(
+    dir: &Path,
+    options: &Options,
+    position: u64,
+    keep: impl FnOnce(&[RemovedRecord]) -> Result<()>,
+) -> Result<Truncation> {
+    let store = Store::open(dir, Options { create_if_missing: false, replica: None, ..options.clone() })?;
+    let log_end = store.info().log_end;
+    let records = tail_records(&store, position)?;
+    store.close()?;
+    keep(&records)?;
+    truncate_tail(dir, options, position)?;
     Ok(Truncation { position, bytes: log_end - position, records })
 }

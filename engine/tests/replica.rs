@@ -396,8 +396,9 @@ fn truncating_a_tail_returns_its_records_and_leaves_a_prefix_that_catches_up() {
     a.close().expect("close");
 
     // Not a block boundary: refused, nothing changes.
-    assert!(lockstep_engine::truncate::truncate_tail(a_dir.path(), &options, cut + 1).is_err());
-    let cut_report = lockstep_engine::truncate::truncate_tail(a_dir.path(), &options, cut).expect("truncate");
+    let keep = |_: &[lockstep_engine::truncate::RemovedRecord]| Ok(());
+    assert!(lockstep_engine::truncate::cut_tail(a_dir.path(), &options, cut + 1, keep).is_err());
+    let cut_report = lockstep_engine::truncate::cut_tail(a_dir.path(), &options, cut, keep).expect("truncate");
     assert_eq!(cut_report.records.len(), tail_keys);
     assert_eq!(cut_report.records[0].key, bytes::Bytes::from("key/00040"));
     assert!(cut_report.records.iter().all(|r| r.position >= cut && r.epoch == 1));

@@ -33,7 +33,7 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// A link that carried nothing for this long is dead.
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnection backoff: from the first to the last value, doubling.
-pub const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(500));
+pub const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_millis(100));
 /// After a refusal the primary retries no faster than this.
 pub const REFUSED_RETRY: Duration = Duration::from_secs(2);
 /// The handshake must finish within this.
@@ -811,22 +811,23 @@ impl Shared {
             }
             return Err(SessionEnd::Refused(reason));
         }
+        // The tail is read and exported from the open store (proportional
+        // to the tail); only then is the store closed and cut.
+        let io = |e: Error| SessionEnd::Io(std::io::Error::other(e.to_string()));
+        let records = lockstep_engine::truncate::tail_records(&store, position).map_err(io)?;
+        let bytes = log_end - position;
         drop(store);
         let export = self.config.dir.join("recovered").join(format!("rejoin-position-{position}.jsonl"));
+        crate::rejoin::export(&export, &records).map_err(SessionEnd::Io)?;
         let dir = self.config.dir.clone();
-        let truncated = self.replace_store(|options| {
-            let cut = lockstep_engine::truncate::truncate_tail(&dir, options, position)?;
-            crate::rejoin::export(&export, &cut.records)
-                .map_err(|e| Error::Io { context: format!("writing {}", export.display()), source: e })?;
-            Ok(cut)
-        });
+        let truncated = self.replace_store(|options| lockstep_engine::truncate::truncate_tail(&dir, options, position));
         match truncated {
-            Ok(Some(cut)) => {
-                self.repl.update(|s| s.truncated_bytes += cut.bytes);
+            Ok(Some(())) => {
+                self.repl.update(|s| s.truncated_bytes += bytes);
                 tracing::warn!(
-                    "rejoined: truncated {} unacknowledged bytes ({} records, exported to {}) after position {position}",
-                    cut.bytes,
-                    cut.records.len(),
+                    "rejoined: truncated {bytes} unacknowledged bytes ({} records, exported to {}) after position \
+                     {position}",
+                    records.len(),
                     export.display()
                 );
                 Err(SessionEnd::Retry(format!("truncated to position {position} to rejoin")))

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine as _;
-use lockstep_engine::truncate::{tail_records, truncate_tail, RemovedRecord, Truncation};
-use lockstep_engine::{Error, Options, Store};
+use lockstep_engine::truncate::{cut_tail, RemovedRecord, Truncation};
+use lockstep_engine::{Error, Options};
 
 use crate::node::DIVERGENCE_FILE;
 
@@ -54,12 +54,10 @@ pub fn rejoin(dir: &Path, export_to: &Path, position: Option<u64>) -> Result<Tru
         }
     };
     let options = Options { create_if_missing: false, ..Options::default() };
-    let store = Store::open(dir, options.clone())?;
-    let records = tail_records(&store, position)?;
-    store.close()?;
-    export(export_to, &records)
-        .map_err(|e| Error::Io { context: format!("writing {}", export_to.display()), source: e })?;
-    let cut = truncate_tail(dir, &options, position)?;
+    let cut = cut_tail(dir, &options, position, |records| {
+        export(export_to, records)
+            .map_err(|e| Error::Io { context: format!("writing {}", export_to.display()), source: e })
+    })?;
     let _ = std::fs::remove_file(dir.join(DIVERGENCE_FILE));
     Ok(cut)
 }
