@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lockstep_engine::{Options, Store};
 use lockstep_replicator::node::{Node, NodeConfig};
-use lockstep_replicator::protocol::{PeerLoss, Role, SyncLevel};
+use lockstep_replicator::protocol::{Role, SyncLevel};
 
 use crate::{key, run_threads, value, Result, Run};
 
@@ -38,18 +38,7 @@ impl Mode {
 }
 
 fn config(dir: &Path, role: Role, peer: String, sync: SyncLevel) -> NodeConfig {
-    NodeConfig {
-        dir: dir.to_path_buf(),
-        role,
-        repl: "127.0.0.1:0".into(),
-        peer,
-        client: None,
-        sync,
-        peer_loss: PeerLoss::Block,
-        auth_key: None,
-        auto_failover: false,
-        lease: lockstep_replicator::node::LEASE_DEFAULT,
-    }
+    NodeConfig { sync, ..NodeConfig::new(dir, role, "127.0.0.1:0", peer) }
 }
 
 /// Runs `ops` durable puts with `writers` threads in a fresh directory

@@ -196,6 +196,21 @@ impl lockstep_engine::Replica for GatedReplica {
     }
 }
 
+/// A store in `dir` whose replica is gated, shared for writer threads.
+fn gated_store(dir: &Path) -> (std::sync::Arc<GatedReplica>, std::sync::Arc<Store>) {
+    let replica = std::sync::Arc::new(GatedReplica::default());
+    let options = Options { replica: Some(replica.clone()), ..small_options() };
+    (replica, std::sync::Arc::new(Store::open(dir, options).expect("open")))
+}
+
+fn put_in_thread(
+    store: &std::sync::Arc<Store>,
+    key: &'static str,
+) -> std::thread::JoinHandle<lockstep_engine::Result<()>> {
+    let store = store.clone();
+    std::thread::spawn(move || store.put(key, "v"))
+}
+
 impl GatedReplica {
     fn check(state: &Gate, end: u64) -> Option<Result<lockstep_engine::Replicated, String>> {
         match &state.fail {
@@ -225,13 +240,8 @@ impl GatedReplica {
 #[test]
 fn a_write_is_answered_and_visible_only_once_the_replica_acknowledges_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let replica = std::sync::Arc::new(GatedReplica::default());
-    let options = Options { replica: Some(replica.clone()), ..small_options() };
-    let store = std::sync::Arc::new(Store::open(dir.path(), options).expect("open"));
-    let writer = {
-        let store = store.clone();
-        std::thread::spawn(move || store.put("k", "v"))
-    };
+    let (replica, store) = gated_store(dir.path());
+    let writer = put_in_thread(&store, "k");
     let shipped = replica.wait_shipped(1);
     // Durable locally, shipped, not acknowledged: invisible and unanswered.
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -254,13 +264,8 @@ fn a_write_is_answered_and_visible_only_once_the_replica_acknowledges_it() {
 #[test]
 fn a_failed_replication_fails_the_writer_and_poisons_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let replica = std::sync::Arc::new(GatedReplica::default());
-    let options = Options { replica: Some(replica.clone()), ..small_options() };
-    let store = std::sync::Arc::new(Store::open(dir.path(), options).expect("open"));
-    let writer = {
-        let store = store.clone();
-        std::thread::spawn(move || store.put("k", "v"))
-    };
+    let (replica, store) = gated_store(dir.path());
+    let writer = put_in_thread(&store, "k");
     replica.wait_shipped(1);
     replica.update(|g| g.fail = Some("the node is shutting down".into()));
     let err = writer.join().expect("writer thread").expect_err("put must fail");
@@ -283,16 +288,10 @@ fn a_replicated_store_refuses_buffered_durability() {
 #[test]
 fn later_blocks_are_shipped_while_earlier_ones_wait_and_are_answered_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let replica = std::sync::Arc::new(GatedReplica::default());
-    let options = Options { replica: Some(replica.clone()), ..small_options() };
-    let store = std::sync::Arc::new(Store::open(dir.path(), options).expect("open"));
-    let put = |key: &'static str| {
-        let store = store.clone();
-        std::thread::spawn(move || store.put(key, "v"))
-    };
-    let first = put("a");
+    let (replica, store) = gated_store(dir.path());
+    let first = put_in_thread(&store, "a");
     let shipped = replica.wait_shipped(1);
-    let second = put("b");
+    let second = put_in_thread(&store, "b");
     // The second block is built and shipped while the first still waits.
     let shipped_both = replica.wait_shipped(2);
     assert_eq!(shipped_both[0], shipped[0]);

@@ -2,12 +2,15 @@
 //! `lockstep` command-line tool's building blocks.
 //!
 //! * [`node::Node`]: a store plus its replication link (primary or
-//!   secondary) and client listener — what `lockstep serve` runs, and what
-//!   an application embeds for replicated durability.
+//!   secondary; promotion, demotion, rejoin, switchover) and client
+//!   listener — what `lockstep serve` runs, and what an application embeds
+//!   for replicated durability.
 //! * [`client::Client`]: the client protocol (`lockstep client`, `status`).
 //! * [`protocol`], [`handshake`], [`auth`]: frames, compatibility rules,
 //!   peer authentication; [`repl`]: acknowledgement watermarks and the
 //!   sync-level and peer-loss rules.
+//! * [`drill`]: `lockstep drill`, the failover harness; [`rejoin`]: export
+//!   and cut a former primary's divergent tail.
 //! * [`proxy::FaultProxy`]: a fault-injecting TCP proxy for tests and drills.
 //! * [`inspect`], [`load`]: read-only inspection and the load runner.
 #![forbid(unsafe_code)]

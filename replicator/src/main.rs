@@ -55,7 +55,7 @@ enum Command {
     Delete { dir: PathBuf, key: OsString },
     /// Print the value of KEY; exit 1 if absent.
     Get { dir: PathBuf, key: OsString },
-    /// Print KEY<TAB>VALUE lines in key order.
+    /// Print `KEY<TAB>VALUE` lines in key order.
     Scan {
         dir: PathBuf,
         #[arg(long)]
@@ -242,7 +242,7 @@ enum ClientOp {
     Get { key: OsString },
     /// Remove KEY.
     Delete { key: OsString },
-    /// Print KEY<TAB>VALUE lines in key order.
+    /// Print `KEY<TAB>VALUE` lines in key order.
     Scan {
         #[arg(long)]
         prefix: Option<OsString>,

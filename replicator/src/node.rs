@@ -70,6 +70,26 @@ pub struct NodeConfig {
 /// The default `--lease`.
 pub const LEASE_DEFAULT: Duration = Duration::from_millis(300);
 
+impl NodeConfig {
+    /// A node of `role` on the store in `dir`, listening for its peer on
+    /// `repl` (port 0 picks one) and dialing `peer` when primary; no client
+    /// listener, `durable`, `block`, no key, no automatic failover.
+    pub fn new(dir: impl Into<PathBuf>, role: Role, repl: impl Into<String>, peer: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            dir: dir.into(),
+            role,
+            repl: repl.into(),
+            peer: peer.into(),
+            client: None,
+            sync: SyncLevel::Durable,
+            peer_loss: PeerLoss::Block,
+            auth_key: None,
+            auto_failover: false,
+            lease: LEASE_DEFAULT,
+        }
+    }
+}
+
 /// Why a node could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -5,21 +5,10 @@ use std::time::{Duration, Instant};
 
 use lockstep_engine::{Options, Store, WriteBatch};
 use lockstep_replicator::node::{Node, NodeConfig, NodeError};
-use lockstep_replicator::protocol::{PeerLoss, Role, SyncLevel};
+use lockstep_replicator::protocol::Role;
 
 fn config(dir: &std::path::Path, role: Role, peer: String) -> NodeConfig {
-    NodeConfig {
-        dir: dir.to_path_buf(),
-        role,
-        repl: "127.0.0.1:0".into(),
-        peer,
-        client: None,
-        sync: SyncLevel::Durable,
-        peer_loss: PeerLoss::Block,
-        auth_key: None,
-        auto_failover: false,
-        lease: lockstep_replicator::node::LEASE_DEFAULT,
-    }
+    NodeConfig::new(dir, role, "127.0.0.1:0", peer)
 }
 
 #[test]

@@ -119,6 +119,15 @@ pub fn try_serve<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)], st
     Ok(Served { child, client: text("client").expect("client address"), repl: text("repl"), stderr: stderr.into() })
 }
 
+/// Starts `lockstep serve ARGS...` and waits (up to 20 s) for it to exit:
+/// its exit code (None if it kept running) and its log.
+pub fn serve_until_exit<S: AsRef<std::ffi::OsStr>>(args: &[S], stderr: &Path) -> (Option<i32>, String) {
+    match try_serve(args, &[], stderr) {
+        Ok(mut node) => (node.wait_exit(std::time::Duration::from_secs(20)), node.log()),
+        Err(run) => (Some(run.code), run.stderr),
+    }
+}
+
 impl Served {
     /// Waits for the process to exit (at most `timeout`) and returns its code.
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {

@@ -22,23 +22,11 @@ pub fn init_pair(root: &Path) -> (PathBuf, PathBuf) {
 }
 
 pub fn secondary_args(dir: &Path, repl: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["--dir", p(dir), "--role", "secondary", "--repl", repl, "--peer", "127.0.0.1:9"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--client".into(), "127.0.0.1:0".into()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    node_args(dir, "secondary", repl, "127.0.0.1:9", extra)
 }
 
 pub fn primary_args(dir: &Path, peer: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["--dir", p(dir), "--role", "primary", "--repl", "127.0.0.1:0", "--peer", peer]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--client".into(), "127.0.0.1:0".into()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    node_args(dir, "primary", "127.0.0.1:0", peer, extra)
 }
 
 pub fn start_secondary(dir: &Path, repl: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {

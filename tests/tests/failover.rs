@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lockstep_replicator::client::Client;
 use lockstep_replicator::proxy::{Fault, FaultProxy};
 use lockstep_tests::pair::*;
-use lockstep_tests::{expect_code, p, try_serve, Served};
+use lockstep_tests::{expect_code, p, serve_until_exit, Served};
 
 /// Every acknowledged write readable through `addr`, and the two nodes'
 /// logs identical once `primary` reports its secondary caught up.
@@ -99,10 +99,7 @@ fn automatic_failover_promotes_the_secondary_within_the_lease() {
     let (c_repl, d_repl) = (free_addr(), free_addr());
     let mut d = start_node(&d_dir, "secondary", &d_repl, &c_repl, &["--auto-failover"]);
     let args = node_args(&c_dir, "primary", &c_repl, &d_repl, &["--on-peer-loss", "degrade=1s"]);
-    let (code, log) = match try_serve(&args, &[], &c_dir.with_extension("log")) {
-        Ok(mut c) => (c.wait_exit(Duration::from_secs(20)), c.log()),
-        Err(run) => (Some(run.code), run.stderr),
-    };
+    let (code, log) = serve_until_exit(&args, &c_dir.with_extension("log"));
     assert_eq!(code, Some(76), "{log}");
     assert!(log.contains("--auto-failover") && log.contains("degrade=1000ms"), "{log}");
     assert_eq!(d.wait_exit(Duration::from_secs(20)), Some(76), "{}", d.log());
@@ -131,10 +128,7 @@ fn split_brain_after_degrade_is_refused_and_exported_by_rejoin() {
     // nothing changed.
     let before = expect_code(0, ["inspect", p(&a_dir), "--json"]).stdout;
     let args = node_args(&a_dir, "secondary", &a_repl, &b_repl, &[]);
-    let (code, log) = match try_serve(&args, &[], &a_dir.with_extension("split.log")) {
-        Ok(mut a) => (a.wait_exit(Duration::from_secs(20)), a.log()),
-        Err(run) => (Some(run.code), run.stderr),
-    };
+    let (code, log) = serve_until_exit(&args, &a_dir.with_extension("split.log"));
     assert_eq!(code, Some(76), "{log}");
     assert!(log.contains("split brain") && log.contains("lockstep rejoin"), "{log}");
     let after = expect_code(0, ["inspect", p(&a_dir), "--json"]).stdout;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lockstep_replicator::proxy::{Fault, FaultProxy};
 use lockstep_tests::pair::*;
-use lockstep_tests::{expect_code, p, try_serve, Served};
+use lockstep_tests::{expect_code, p, serve_until_exit, Served};
 use serde_json::Value;
 
 #[test]
@@ -102,10 +102,7 @@ fn assert_refused(
     let peer = secondary.repl.clone().expect("repl address");
     let log = pdir.with_extension("primary.log");
     // The primary may already have exited 76 before printing its ready line.
-    let (primary_code, primary_log) = match try_serve(&primary_args(pdir, &peer, p_extra), &[], &log) {
-        Ok(mut primary) => (primary.wait_exit(Duration::from_secs(20)), primary.log()),
-        Err(run) => (Some(run.code), run.stderr),
-    };
+    let (primary_code, primary_log) = serve_until_exit(&primary_args(pdir, &peer, p_extra), &log);
     assert_eq!(primary_code, Some(76), "primary log: {primary_log}");
     assert_eq!(secondary.wait_exit(Duration::from_secs(20)), Some(76), "secondary log: {}", secondary.log());
     for text in expect {
@@ -317,10 +314,7 @@ fn two_primaries_refuse_each_other_with_exit_76() {
     let mut args = primary_args(&bdir, &a_repl, &[]);
     let at = args.iter().position(|x| x == "--repl").expect("--repl") + 1;
     args[at] = b_repl;
-    let (b_code, b_log) = match try_serve(&args, &[], &bdir.with_extension("primary.log")) {
-        Ok(mut b) => (b.wait_exit(Duration::from_secs(20)), b.log()),
-        Err(run) => (Some(run.code), run.stderr),
-    };
+    let (b_code, b_log) = serve_until_exit(&args, &bdir.with_extension("primary.log"));
     assert_eq!(b_code, Some(76), "{b_log}");
     assert_eq!(a.wait_exit(Duration::from_secs(20)), Some(76), "{}", a.log());
     for log in [b_log, a.log()] {
