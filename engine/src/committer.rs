@@ -365,7 +365,7 @@ impl Committer {
             let submitted = lock(&self.writer).submit(&requests);
             match submitted {
                 Ok((end, updates)) => {
-                    waiting.push_back(Waiting { end, group, updates });
+                    waiting.push_back(Waiting { end, group, updates, own: true });
                     if self.should_complete_now(waiting) {
                         self.complete_oldest(waiting);
                     }
@@ -416,7 +416,7 @@ impl Committer {
                 Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(_) => answered.push(cmd),
             }
         }
-        waiting.push_back(Waiting { end, group: answered, updates });
+        waiting.push_back(Waiting { end, group: answered, updates, own: false });
         if self.should_complete_now(waiting) {
             self.complete_oldest(waiting);
         }
@@ -439,12 +439,14 @@ impl Committer {
             let local = lock(&self.writer).poll_durable();
             let ready = match local {
                 Ok(local) if oldest.end > local => return,
-                Ok(_) => replica.replicated(oldest.end),
+                Ok(_) if !oldest.own => Ok(None),
+                Ok(_) => replica.replicated(oldest.end).map(Some),
                 Err(reason) => Err(reason),
             };
             let result = match ready {
-                Ok(None) => return,
-                Ok(Some(r)) => lock(&self.writer).note_alone(r.alone),
+                Ok(Some(None)) => return,
+                Ok(Some(Some(r))) => lock(&self.writer).note_alone(r.alone),
+                Ok(None) => Ok(()),
                 Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
             };
             let Some(done) = waiting.pop_front() else { return };
@@ -491,9 +493,13 @@ impl Committer {
         let mut durable = lock(&self.writer).wait_oldest();
         if let (Ok(local), Some(replica), Some(oldest)) = (&durable, &self.shared.replica, waiting.front()) {
             if oldest.end <= *local {
-                durable = match replica.wait_replicated(oldest.end) {
-                    Ok(r) => lock(&self.writer).note_alone(r.alone).map(|()| r.end.min(*local)),
-                    Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
+                durable = match oldest.own {
+                    // Received blocks are answered alone; the next group waits its turn.
+                    false => Ok(oldest.end),
+                    true => match replica.wait_replicated(oldest.end) {
+                        Ok(r) => lock(&self.writer).note_alone(r.alone).map(|()| r.end.min(*local)),
+                        Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
+                    },
                 };
             }
         }
@@ -520,6 +526,9 @@ struct Waiting {
     end: u64,
     group: Vec<Cmd>,
     updates: Vec<IndexUpdate>,
+    /// This store's own writes: they wait for its replica. Blocks received
+    /// from a primary do not (they are the primary's writes).
+    own: bool,
 }
 
 impl LogWriter {

@@ -417,3 +417,29 @@ fn truncating_a_tail_returns_its_records_and_leaves_a_prefix_that_catches_up() {
     b.close().expect("close");
     assert_eq!(segment_files(a_dir.path()), segment_files(b_dir.path()));
 }
+
+#[test]
+fn blocks_received_from_a_primary_do_not_wait_for_this_stores_own_replica() {
+    // A secondary keeps its replica hook (it may be promoted); blocks it
+    // receives are the primary's writes, not its own: applying them must
+    // neither wait for its replica nor mark it as answering alone.
+    let (a_dir, b_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let a = open_small(a_dir.path());
+    fill(&a, 0, 20);
+    let replica = std::sync::Arc::new(GatedReplica::default()); // never releases
+    replica.update(|g| g.alone = true);
+    let options = Options { replica: Some(replica), store_id: Some(a.info().store_id), ..small_options() };
+    let b = std::sync::Arc::new(Store::open(b_dir.path(), options).expect("open"));
+    let shipper = {
+        let (b, blocks) = (b.clone(), a.read_blocks(0, usize::MAX).expect("read"));
+        std::thread::spawn(move || blocks.into_iter().try_for_each(|block| b.append_replicated(block)))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !shipper.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "applying received blocks waited for this store's replica");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    shipper.join().expect("thread").expect("append");
+    assert_eq!(b.info().fingerprint, a.info().fingerprint);
+    assert!(!b.unreplicated_acks(), "received blocks marked the store as answering alone");
+}
