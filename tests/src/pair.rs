@@ -85,7 +85,7 @@ impl Writers {
                         if stop.load(Ordering::SeqCst) {
                             return;
                         }
-                        let (key, value) = (format!("w{t}/{i:06}"), format!("value {t} {i} {}", "x".repeat(150)));
+                        let (key, value) = (format!("w{t}/{i:06}"), format!("value {t} {i} {}", "x".repeat(400)));
                         if client.put(key.as_bytes(), value.as_bytes()).is_err() {
                             return;
                         }
