@@ -26,6 +26,7 @@ mod index;
 mod mmap;
 pub mod recovery;
 mod replica;
+pub mod sim;
 pub mod storage;
 mod store;
 pub mod truncate;
