@@ -900,6 +900,10 @@ impl Shared {
             if self.stopping() {
                 break;
             }
+            // Demoted meanwhile: the link is the listener's business now.
+            if self.role() != Role::Primary {
+                continue;
+            }
             self.session_ended(&end, connected);
             let wait = match end {
                 SessionEnd::Refused(_) => REFUSED_RETRY,
@@ -947,6 +951,12 @@ impl Shared {
             s.peer_received = peer.log_end;
             s.catchup = (peer.log_end < durable).then_some(CatchUp { from: peer.log_end, target: durable });
             s.heartbeats.clear();
+            // Still a secondary after a Handover was sent: it never arrived;
+            // send it again on this link.
+            if s.switching && s.handed_over {
+                tracing::warn!("switchover: the secondary did not take over; handing over again");
+                s.handed_over = false;
+            }
             // Once a secondary that may promote itself was met, the lease
             // rules this primary until it shuts down.
             if peer.auto_failover {
@@ -1021,7 +1031,7 @@ impl Shared {
                 }
                 last_heartbeat = Some(Instant::now());
             }
-            if let Some(end) = self.try_handover(sender, next) {
+            if let Some(end) = self.try_handover(sender, next, dead) {
                 return end;
             }
             let acked = self.repl.lock().peer_durable;
@@ -1100,7 +1110,7 @@ impl Shared {
 
     /// During a switchover, once every block was sent and the secondary
     /// holds all of it durably: sends Handover and ends the session.
-    fn try_handover(&self, sender: &Sender, next: u64) -> Option<SessionEnd> {
+    fn try_handover(&self, sender: &Sender, next: u64, dead: &AtomicBool) -> Option<SessionEnd> {
         let info = self.store().info();
         {
             let s = self.repl.lock();
@@ -1117,6 +1127,12 @@ impl Shared {
         }
         self.repl.update(|s| s.handed_over = true);
         tracing::info!("switchover: handed over at log position {}; waiting for the new primary", info.log_end);
+        // Let the secondary close the link once it took over: closing first
+        // could reset the connection and lose the Handover in flight.
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        while !dead.load(Ordering::SeqCst) && Instant::now() < deadline && !self.stopping() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Some(SessionEnd::Retry("handed over the primary role".into()))
     }
 

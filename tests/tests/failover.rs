@@ -215,8 +215,13 @@ fn switchover_swaps_roles_both_ways_with_no_write_lost() {
     for (primary, secondary, epoch) in [(&a, &b, 2), (&b, &a, 3)] {
         let writers = Writers::start(&primary.client, 4);
         writers.wait_for(200, &[primary, secondary]);
-        let run = expect_code(0, ["switchover", "--addr", &primary.client]);
-        assert!(run.stdout.contains(&format!("epoch {epoch}")), "{}", run.stdout);
+        let run = lockstep_tests::lockstep(["switchover", "--addr", &primary.client]);
+        assert!(
+            run.code == 0 && run.stdout.contains(&format!("epoch {epoch}")),
+            "switchover to epoch {epoch}: {run:?}\n--- old primary:\n{}\n--- old secondary:\n{}",
+            primary.log(),
+            secondary.log()
+        );
         acked.extend(writers.finish()); // writes during the switchover were refused, not lost
         let (p, s) = (status(&secondary.client), status(&primary.client));
         assert_eq!((p["role"].as_str(), p["epoch"].as_u64()), (Some("primary"), Some(epoch)), "{p}");
