@@ -781,11 +781,8 @@ impl LogWriter {
     /// Writes the superblock with `change` applied (durably, all copies)
     /// and publishes its epoch history and feature bits.
     fn rewrite_superblock(&mut self, change: impl FnOnce(&mut Superblock)) -> Result<()> {
-        let mut next = self.superblock.clone();
+        let mut next = self.superblock.successor();
         change(&mut next);
-        let (_, checksum) = self.superblock.encode();
-        next.sequence += 1;
-        next.prev_checksum = checksum;
         files::write_superblock(&*self.shared.storage, &self.shared.dir, &next)?;
         *lock(&self.shared.epochs) = (next.epochs.clone(), next.compat_features);
         self.superblock = next;

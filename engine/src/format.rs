@@ -439,6 +439,14 @@ impl Superblock {
         }
     }
 
+    /// The superblock that replaces this one: the same fields, the next
+    /// sequence, chained to this copy's checksum. Change fields on it, then
+    /// write it (all copies).
+    pub fn successor(&self) -> Superblock {
+        let (_, checksum) = self.encode();
+        Superblock { sequence: self.sequence + 1, prev_checksum: checksum, ..self.clone() }
+    }
+
     /// Encodes one copy; returns it and its checksum.
     pub fn encode(&self) -> ([u8; SUPERBLOCK_COPY_LEN], u64) {
         debug_assert!(self.epochs.len() <= EPOCH_HISTORY_MAX);

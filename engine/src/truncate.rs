@@ -126,10 +126,7 @@ pub fn truncate_tail(dir: &Path, options: &Options, position: u64) -> Result<()>
         return Err(Error::InvalidArgument(format!("no segment of {} holds log position {position}", dir.display())));
     }
     storage.sync_dir(dir).map_err(Error::io("syncing the store directory"))?;
-    let mut next = sb.clone();
-    let (_, checksum) = sb.encode();
-    next.sequence += 1;
-    next.prev_checksum = checksum;
+    let mut next = sb.successor();
     next.commit_position = next.commit_position.min(position);
     let first = next.epochs[0];
     next.epochs.retain(|e| e.start_position < position);

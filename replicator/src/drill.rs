@@ -344,10 +344,6 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs one drill in `dir`; its client operations go to `history`.
 fn drill(
     spec: &DrillSpec,
@@ -392,7 +388,7 @@ fn drill(
     wait_for("writes are acknowledged", Duration::from_secs(20), || lock(&load.acked).len() >= 200)?;
 
     let mut report = DrillReport { fault: fault.name(), ..DrillReport::default() };
-    let fault_wall = unix_ms();
+    let fault_wall = crate::node::now_ms();
     let fault_at = Instant::now();
     let fails_over = fault != FaultKind::KillSecondary;
     match fault {

@@ -427,7 +427,7 @@ impl Sender {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -496,16 +496,16 @@ impl Shared {
     }
 
     fn hello(&self) -> Hello {
-        let info = self.store().info();
+        let store = self.store();
+        let info = store.info();
         let (protocol_min, protocol_max) = protocol_range();
         let mut nonce = [0u8; NONCE_LEN];
         // A nonce only has to differ between connections; should the
         // system's random source fail, the time still makes it differ.
         if getrandom::fill(&mut nonce).is_err() {
-            nonce[..8].copy_from_slice(&now_ms().to_le_bytes());
-            nonce[8..].copy_from_slice(&Instant::now().elapsed().as_nanos().to_le_bytes()[..8]);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            nonce.copy_from_slice(&nanos.as_nanos().to_le_bytes());
         }
-        let store = self.store();
         let role = self.role();
         let commit_position = match role {
             Role::Primary => self.repl.lock().answered_end.max(info.durable_end),
@@ -1368,7 +1368,8 @@ impl Shared {
             if self.role() != Role::Secondary {
                 return SessionEnd::Stopped; // promoted meanwhile
             }
-            self.repl.update(|s| s.last_heard = Some(Instant::now()));
+            // The failover watcher polls this; nobody needs waking.
+            self.repl.lock().last_heard = Some(Instant::now());
             match message {
                 Message::Block { segment, position, block } => {
                     let end = position + block.len() as u64;
@@ -1509,20 +1510,17 @@ impl Shared {
         let info = self.store().info();
         let mut s = self.repl.lock();
         let primary = self.role() == Role::Primary;
-        let (peer_durable, lag_bytes) = if primary {
-            (s.peer_durable, info.durable_end.saturating_sub(s.peer_durable))
-        } else {
-            (s.peer_durable, s.peer_durable.saturating_sub(info.durable_end))
-        };
-        let reached = if primary { s.peer_durable } else { info.durable_end };
+        // How far the secondary's log reaches, and the end it is behind.
+        let (reached, end) =
+            if primary { (s.peer_durable, info.durable_end) } else { (info.durable_end, s.peer_durable) };
+        let (peer_durable, lag_bytes) = (s.peer_durable, end.saturating_sub(reached));
         let lag_ms = s.lag.lag_ms(reached);
         let catchup = s.catchup.map(|c| {
-            let at = if primary { s.peer_durable } else { info.durable_end };
             serde_json::json!({
                 "from": c.from,
                 "target": c.target,
-                "remaining_bytes": c.target.saturating_sub(at),
-                "percent": (c.percent(at) * 10.0).round() / 10.0,
+                "remaining_bytes": c.target.saturating_sub(reached),
+                "percent": (c.percent(reached) * 10.0).round() / 10.0,
             })
         });
         serde_json::json!({
