@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
-use crate::proxy::{Fault, FaultProxy};
+use crate::proxy::{free_addr, Fault, FaultProxy};
 
 /// A fault a drill injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +170,11 @@ impl NodeProcess {
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let ready: Value = serde_json::from_str(&line)
-            .map_err(|_| format!("{} did not start; see {}", dir.display(), log.display()))?;
+        let ready: Value = serde_json::from_str(&line).map_err(|_| {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("{} did not start ({}): {}", dir.display(), log.display(), tail.join(" | "))
+        })?;
         let client = ready["client"].as_str().ok_or("no client address")?.to_string();
         Ok(NodeProcess { child, client, dir: dir.into(), repl: repl.into(), peer: peer.into(), extra: extra.to_vec() })
     }
@@ -326,10 +329,6 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Re
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-fn free_addr() -> Result<String, Failed> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
 }
 
 fn run_cli(binary: &Path, args: &[&str]) -> Result<String, Failed> {

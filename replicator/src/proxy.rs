@@ -124,3 +124,38 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &State) {
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
+
+/// A loopback address nobody listens on right now, for a process that will
+/// bind it a moment later (tests and drills give nodes fixed `--repl`
+/// addresses so that restarts reuse them).
+///
+/// The port is chosen below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`): a port from `bind(":0")`
+/// lies inside that range, where any outgoing connection of any process may
+/// take it as its source port before the node binds it — under parallel
+/// tests that happened often enough to fail a start.
+pub fn free_addr() -> std::io::Result<String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    if low > FIRST + 1000 {
+        // A random start per process, then consecutive ports: two calls in
+        // one process never return the same port.
+        static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+        let next = NEXT.get_or_init(|| {
+            let mut seed = [0u8; 4];
+            let _ = getrandom::fill(&mut seed);
+            std::sync::atomic::AtomicU32::new(u32::from_le_bytes(seed))
+        });
+        let span = low - FIRST;
+        for _ in 0..span {
+            let port = FIRST + next.fetch_add(1, Ordering::Relaxed) % span;
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                return Ok(listener.local_addr()?.to_string());
+            }
+        }
+    }
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string())
+}

@@ -153,10 +153,10 @@ pub fn put_in_background(addr: &str, key: &str) -> JoinHandle<Result<Duration, S
     })
 }
 
-/// A loopback address nobody listens on right now (bound, then released).
+/// A loopback address nobody listens on right now (bound, then released;
+/// below the ephemeral port range, see `proxy::free_addr`).
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
+    lockstep_replicator::proxy::free_addr().expect("a free loopback port")
 }
 
 /// `serve` arguments for a node of either role with explicit addresses.

@@ -254,7 +254,7 @@ fn an_unreachable_peer_is_reported_and_an_incompatible_one_refused_while_running
     let root = tempfile::tempdir().expect("tempdir");
     let (pdir, sdir) = init_pair(root.path());
     // Reserve an address nobody listens on yet.
-    let repl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let repl = free_addr();
     let primary = start_primary(&pdir, &repl, &[], &[]);
     wait_until("the primary reports the peer unreachable", &[&primary], Duration::from_secs(10), || {
         status(&primary.client)["link"] == "unreachable"
@@ -308,7 +308,7 @@ fn two_primaries_refuse_each_other_with_exit_76() {
     let root = tempfile::tempdir().expect("tempdir");
     let (adir, bdir) = init_pair(root.path());
     // Each dials the other's replication address; pick B's port first.
-    let b_repl = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    let b_repl = free_addr();
     let mut a = start_primary(&adir, &b_repl, &[], &[]);
     let a_repl = a.repl.clone().expect("a primary listens on --repl");
     let mut args = primary_args(&bdir, &a_repl, &[]);
