@@ -131,32 +131,11 @@ fn refusal(ours: &Hello, peer: &Hello, history: History) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{PeerLoss, SyncLevel, NONCE_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
-    use lockstep_engine::{Fingerprint, NodeId, StoreId};
+    use crate::protocol::{PeerLoss, PROTOCOL_VERSION};
+    use lockstep_engine::StoreId;
 
     fn node(role: Role) -> Hello {
-        Hello {
-            protocol_min: PROTOCOL_VERSION_MIN,
-            protocol_max: PROTOCOL_VERSION,
-            format_version: 1,
-            store_id: StoreId([1; 16]),
-            node_id: NodeId([role as u8; 16]),
-            role,
-            epoch: 1,
-            log_end: 0,
-            fingerprint: Fingerprint(0),
-            commit_position: 0,
-            settings: 42,
-            sync: SyncLevel::Durable,
-            peer_loss: PeerLoss::Block,
-            auth: false,
-            nonce: [0; NONCE_LEN],
-            software_version: "0.1.0".into(),
-            unreplicated_acks: false,
-            auto_failover: false,
-            lease_ms: 300,
-            epochs: vec![lockstep_engine::EpochStart { epoch: 1, start_position: 0 }],
-        }
+        Hello::example(role)
     }
 
     fn refused(ours: &Hello, peer: &Hello, history: History) -> String {

@@ -133,6 +133,36 @@ pub struct Hello {
     pub epochs: Vec<EpochStart>,
 }
 
+impl Hello {
+    /// A Hello of a fresh store (store id all ones, epoch 1, empty log) in
+    /// `role`, with this build's versions: a starting point for tests, the
+    /// fuzz targets and the simulator.
+    pub fn example(role: Role) -> Hello {
+        Hello {
+            protocol_min: PROTOCOL_VERSION_MIN,
+            protocol_max: PROTOCOL_VERSION,
+            format_version: lockstep_engine::FORMAT_VERSION,
+            store_id: StoreId([1; 16]),
+            node_id: NodeId([role as u8; 16]),
+            role,
+            epoch: 1,
+            log_end: 0,
+            fingerprint: Fingerprint(0),
+            commit_position: 0,
+            settings: 42,
+            sync: SyncLevel::Durable,
+            peer_loss: PeerLoss::Block,
+            auth: false,
+            nonce: [0; NONCE_LEN],
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            unreplicated_acks: false,
+            auto_failover: false,
+            lease_ms: 300,
+            epochs: vec![EpochStart { epoch: 1, start_position: 0 }],
+        }
+    }
+}
+
 /// Each side's answer to the other's Hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
