@@ -971,8 +971,16 @@ impl LogWriter {
 
     /// Seals the active segment and starts the next one.
     fn roll(&mut self) -> Result<()> {
-        // The seal vouches for every block before it: they must be on disk.
+        // The seal vouches for every block before it: they must be on disk
+        // before the seal is written, or a power cut between the two could
+        // keep the seal and lose a block (a sealed segment with damage in it,
+        // which recovery must refuse). Blocks written without their own
+        // fsync (the first blocks of a group, buffered writes) get one here.
         self.wait_inflight(usize::MAX)?;
+        if self.durable_end < self.position {
+            self.file.sync_data().map_err(Error::io(format!("fdatasync of segment {}", self.active.number)))?;
+            self.durable_end = self.position;
+        }
         let sb = &self.superblock;
         let seal = Seal {
             segment_number: self.active.number,

@@ -57,6 +57,8 @@ struct State {
     faults: Faults,
     /// Set by a crash: handles from before it fail every operation.
     generation: u64,
+    /// What happened, when tracing (see [`SimStorage::trace`]).
+    trace: Option<Vec<String>>,
 }
 
 impl State {
@@ -72,6 +74,7 @@ impl State {
 
     /// See [`SimStorage::crash`].
     fn crash(&mut self) -> usize {
+        self.note(|| "crash".into());
         self.generation += 1;
         self.locks.clear();
         // Files no name points to are gone.
@@ -101,6 +104,12 @@ impl State {
             self.files.insert(ino, file);
         }
         pending
+    }
+
+    fn note(&mut self, event: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(event());
+        }
     }
 
     fn file(&self, path: &Path) -> io::Result<&SimFile> {
@@ -139,6 +148,7 @@ impl SimStorage {
             rng: seed | 1,
             faults: Faults::default(),
             generation: 0,
+            trace: None,
         })))
     }
 
@@ -169,6 +179,15 @@ impl SimStorage {
         Ok(())
     }
 
+    /// Starts recording every operation (`Some`), or returns and clears
+    /// the record; a failing test prints it.
+    pub fn trace(&self, start: bool) -> Vec<String> {
+        let mut s = lock(&self.0);
+        let old = s.trace.take().unwrap_or_default();
+        s.trace = start.then(Vec::new);
+        old
+    }
+
     /// Bytes currently in `path`.
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
         lock(&self.0).file(path).ok().map(|f| f.current.clone())
@@ -185,12 +204,15 @@ struct SimHandle {
 }
 
 impl SimHandle {
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> io::Result<T>) -> io::Result<T> {
+    fn with<T>(&self, op: &str, f: impl FnOnce(&mut State) -> io::Result<T>) -> io::Result<T> {
         let mut s = lock(&self.state);
-        if s.generation != self.generation {
-            return Err(gone());
-        }
-        f(&mut s)
+        let result = if s.generation != self.generation { Err(gone()) } else { f(&mut s) };
+        s.note(|| {
+            let thread = std::thread::current();
+            let outcome = result.as_ref().err().map(|e| format!(": {e}")).unwrap_or_default();
+            format!("{} {op} {}{outcome} [{}]", self.path.display(), self.generation, thread.name().unwrap_or("?"))
+        });
+        result
     }
 
     fn file<'a>(&self, s: &'a mut State) -> io::Result<&'a mut SimFile> {
@@ -214,7 +236,7 @@ fn count_down(counter: &mut Option<u64>) -> bool {
 
 impl StorageFile for SimHandle {
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        self.with(|s| {
+        self.with("read", |s| {
             let file = self.file(s)?;
             let at = off as usize;
             let src = file
@@ -230,7 +252,7 @@ impl StorageFile for SimHandle {
         if !self.writable {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"));
         }
-        self.with(|s| {
+        self.with(&format!("write {off}+{}", buf.len()), |s| {
             if count_down(&mut s.faults.fail_write_after) {
                 return Err(io::Error::other("simulated write failure"));
             }
@@ -258,11 +280,11 @@ impl StorageFile for SimHandle {
     }
 
     fn len(&self) -> io::Result<u64> {
-        self.with(|s| Ok(self.file(s)?.current.len() as u64))
+        self.with("len", |s| Ok(self.file(s)?.current.len() as u64))
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.with(|s| {
+        self.with(&format!("set_len {len}"), |s| {
             let grows = len.saturating_sub(self.file(s)?.current.len() as u64);
             if s.faults.capacity.is_some_and(|cap| s.used() + grows > cap) {
                 return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on the simulated disk"));
@@ -276,7 +298,7 @@ impl StorageFile for SimHandle {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.with(|s| {
+        self.with("sync", |s| {
             let failed = count_down(&mut s.faults.fail_sync_after);
             let file = self.file(s)?;
             if failed {
@@ -300,6 +322,7 @@ impl Storage for SimStorage {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())))
             }
             (OpenMode::CreateNew, None) => {
+                s.note(|| format!("create {}", path.display()));
                 let ino = s.next_inode;
                 s.next_inode += 1;
                 s.files.insert(ino, SimFile::default());
@@ -338,6 +361,7 @@ impl Storage for SimStorage {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut s = lock(&self.0);
+        s.note(|| format!("rename {} -> {}", from.display(), to.display()));
         let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), ino);
         Ok(())
