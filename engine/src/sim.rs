@@ -122,8 +122,17 @@ impl State {
 }
 
 /// The simulated storage; clone it to share (clones see the same disk).
+///
+/// Give a store [`SimStorage::machine`], not the handle the test keeps: a
+/// crash stops that machine — its threads (a committer, a segment being
+/// prepared) can no longer create, rename or write anything, as after a
+/// real power cut — while the test's handle goes on working.
 #[derive(Debug, Clone)]
-pub struct SimStorage(Arc<Mutex<State>>);
+pub struct SimStorage {
+    state: Arc<Mutex<State>>,
+    /// The machine generation this handle belongs to (`None`: the test's).
+    machine: Option<u64>,
+}
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -139,7 +148,7 @@ fn gone() -> io::Error {
 
 impl SimStorage {
     pub fn new(seed: u64) -> SimStorage {
-        SimStorage(Arc::new(Mutex::new(State {
+        let state = Arc::new(Mutex::new(State {
             files: BTreeMap::new(),
             names: BTreeMap::new(),
             next_inode: 1,
@@ -149,23 +158,39 @@ impl SimStorage {
             faults: Faults::default(),
             generation: 0,
             trace: None,
-        })))
+        }));
+        SimStorage { state, machine: None }
+    }
+
+    /// A handle for the machine as it runs now: after the next crash every
+    /// operation through it fails. Open stores with this one.
+    pub fn machine(&self) -> SimStorage {
+        SimStorage { state: self.state.clone(), machine: Some(lock(&self.state).generation) }
+    }
+
+    /// The state, unless this handle's machine has crashed since.
+    fn live(&self) -> io::Result<std::sync::MutexGuard<'_, State>> {
+        let s = lock(&self.state);
+        match self.machine {
+            Some(generation) if generation != s.generation => Err(gone()),
+            _ => Ok(s),
+        }
     }
 
     pub fn set_faults(&self, faults: Faults) {
-        lock(&self.0).faults = faults;
+        lock(&self.state).faults = faults;
     }
 
     /// A power cut: every unsynced write is kept, lost or torn (per sector,
     /// at random), locks are released, and every open handle stops working.
     /// Returns how many unsynced writes there were.
     pub fn crash(&self) -> usize {
-        lock(&self.0).crash()
+        lock(&self.state).crash()
     }
 
     /// Flips bit `bit` of the byte at `offset` in `path` (durably).
     pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> io::Result<()> {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.state);
         let ino = *s.names.get(path).ok_or_else(|| not_found(path))?;
         let file = s.files.get_mut(&ino).ok_or_else(|| not_found(path))?;
         let at = offset as usize;
@@ -182,7 +207,7 @@ impl SimStorage {
     /// Starts recording every operation (`Some`), or returns and clears
     /// the record; a failing test prints it.
     pub fn trace(&self, start: bool) -> Vec<String> {
-        let mut s = lock(&self.0);
+        let mut s = lock(&self.state);
         let old = s.trace.take().unwrap_or_default();
         s.trace = start.then(Vec::new);
         old
@@ -190,7 +215,7 @@ impl SimStorage {
 
     /// Bytes currently in `path`.
     pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
-        lock(&self.0).file(path).ok().map(|f| f.current.clone())
+        lock(&self.state).file(path).ok().map(|f| f.current.clone())
     }
 }
 
@@ -316,7 +341,7 @@ impl StorageFile for SimHandle {
 
 impl Storage for SimStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
-        let mut s = lock(&self.0);
+        let mut s = self.live()?;
         let inode = match (mode, s.names.get(path).copied()) {
             (OpenMode::CreateNew, Some(_)) => {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())))
@@ -333,7 +358,7 @@ impl Storage for SimStorage {
             (_, None) => return Err(not_found(path)),
         };
         Ok(Arc::new(SimHandle {
-            state: self.0.clone(),
+            state: self.state.clone(),
             inode,
             path: path.to_path_buf(),
             generation: s.generation,
@@ -342,7 +367,7 @@ impl Storage for SimStorage {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let s = lock(&self.0);
+        let s = self.live()?;
         Ok(s.names
             .keys()
             .chain(s.dirs.iter())
@@ -352,7 +377,7 @@ impl Storage for SimStorage {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        let mut s = lock(&self.0);
+        let mut s = self.live()?;
         for ancestor in dir.ancestors() {
             s.dirs.insert(ancestor.to_path_buf());
         }
@@ -360,7 +385,7 @@ impl Storage for SimStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut s = lock(&self.0);
+        let mut s = self.live()?;
         s.note(|| format!("rename {} -> {}", from.display(), to.display()));
         let ino = s.names.remove(from).ok_or_else(|| not_found(from))?;
         s.names.insert(to.to_path_buf(), ino);
@@ -368,7 +393,7 @@ impl Storage for SimStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        lock(&self.0).names.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+        self.live()?.names.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
     }
 
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
@@ -376,17 +401,17 @@ impl Storage for SimStorage {
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
-        let s = lock(&self.0);
+        let s = self.live()?;
         Ok(s.names.contains_key(path) || s.dirs.contains(path))
     }
 
     fn try_lock(&self, path: &Path, owner: &str) -> io::Result<LockOutcome> {
-        let mut s = lock(&self.0);
+        let mut s = self.live()?;
         if !s.locks.insert(path.to_path_buf()) {
             return Ok(LockOutcome::HeldBy(format!("another handle in this simulation ({owner} asked)")));
         }
         Ok(LockOutcome::Acquired(Box::new(SimLock {
-            state: self.0.clone(),
+            state: self.state.clone(),
             path: path.to_path_buf(),
             generation: s.generation,
         })))
@@ -437,6 +462,18 @@ mod tests {
             assert!(sector.iter().all(|&b| b == 2) || sector.iter().all(|&b| b == 0), "{sector:?}");
         }
         assert!(f.read_exact_at(&mut [0u8; 1], 0).is_err(), "a handle from before the crash still works");
+    }
+
+    #[test]
+    fn a_crashed_machine_can_do_nothing_more_but_the_test_can() {
+        let sim = SimStorage::new(3);
+        let machine = sim.machine();
+        machine.open(Path::new("/a"), OpenMode::CreateNew).expect("create");
+        sim.crash();
+        assert!(machine.open(Path::new("/b"), OpenMode::CreateNew).is_err());
+        assert!(machine.rename(Path::new("/a"), Path::new("/c")).is_err());
+        assert!(sim.open(Path::new("/b"), OpenMode::CreateNew).is_ok());
+        assert!(sim.machine().open(Path::new("/a"), OpenMode::ReadWrite).is_ok(), "a restarted machine works");
     }
 
     #[test]

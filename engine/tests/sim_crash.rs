@@ -65,7 +65,7 @@ fn cases() -> u32 {
 }
 
 fn options(sim: &SimStorage) -> Options {
-    Options { storage: Arc::new(sim.clone()), ..small_options() }
+    Options { storage: Arc::new(sim.machine()), ..small_options() }
 }
 
 /// A new store on a new simulated disk that records what it is asked to do

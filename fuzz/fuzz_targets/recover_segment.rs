@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let options = Options {
         segment_size: SEGMENT_SIZE_MIN,
         store_id: Some(StoreId([1; 16])),
-        storage: Arc::new(sim.clone()),
+        storage: Arc::new(sim.machine()),
         ..Options::default()
     };
     Store::create(dir, &options).expect("create");

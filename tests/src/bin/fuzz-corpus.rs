@@ -24,7 +24,7 @@ fn store(writes: &[WriteBatch], promote: bool) -> Result<(SimStorage, Store)> {
     let options = Options {
         segment_size: SEGMENT_SIZE_MIN,
         store_id: Some(STORE),
-        storage: Arc::new(sim.clone()),
+        storage: Arc::new(sim.machine()),
         ..Options::default()
     };
     let store = Store::open("/corpus", options)?;
