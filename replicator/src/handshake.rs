@@ -3,6 +3,10 @@
 //! the secondary's log end lies on its own fingerprint chain) to a
 //! [`Verdict`]. A refusal names the setting, both values and the fix.
 
+use std::path::Path;
+
+use lockstep_engine::{Fingerprint, Store, StoreInfo};
+
 use crate::protocol::{Hello, PeerLoss, Role, Verdict};
 
 /// What the primary found when it looked up the secondary's log end in its
@@ -126,6 +130,114 @@ fn refusal(ours: &Hello, peer: &Hello, history: History) -> Option<String> {
             secondary.log_end, secondary.fingerprint, primary.log_end, primary.fingerprint
         )),
     }
+}
+
+/// A hash of the settings both sites must share: segment size (blocks must
+/// land at the same offsets) and the checksum and fingerprint algorithms.
+pub fn settings_hash(info: &StoreInfo) -> u64 {
+    let settings = format!("segment_size={};record_checksum=crc32;fingerprint=xxh3-128", info.segment_size);
+    xxhash_rust::xxh3::xxh3_64(settings.as_bytes())
+}
+
+/// Fills in what `hello` says about `store`: its ids, epoch and epoch
+/// history, durable log end and fingerprint there, settings, and whether it
+/// may hold acknowledged writes its peer lacks.
+pub fn describe(hello: &mut Hello, store: &Store) {
+    let info = store.info();
+    hello.store_id = info.store_id;
+    hello.node_id = info.node_id;
+    hello.epoch = info.epoch;
+    hello.log_end = info.durable_end;
+    hello.fingerprint = info.fingerprint;
+    hello.settings = settings_hash(&info);
+    hello.unreplicated_acks = store.unreplicated_acks();
+    hello.epochs = store.epoch_history();
+}
+
+/// Divergence point with a secondary of an older epoch: where the first
+/// epoch the secondary does not know began in this primary's history.
+pub fn divergence_point(primary: &Hello, secondary: &Hello) -> Option<u64> {
+    if secondary.epoch >= primary.epoch {
+        return None;
+    }
+    primary.epochs.iter().find(|e| e.epoch > secondary.epoch).map(|e| e.start_position)
+}
+
+/// Where the secondary's log stands against the primary's `store`.
+pub fn history(store: &Store, peer: &Hello) -> lockstep_engine::Result<History> {
+    if peer.log_end > store.info().durable_end {
+        return Ok(History::Ahead);
+    }
+    Ok(match store.fingerprint_at(peer.log_end)? {
+        Some(f) if f == peer.fingerprint => History::Prefix,
+        _ => History::Diverged,
+    })
+}
+
+/// The verdict a primary (`ours`, holding `store`) gives a secondary's
+/// Hello: [`judge`]'s, except that a compatible secondary of an older epoch
+/// holding a tail after the point where a newer epoch began here is told to
+/// rejoin from there.
+pub fn primary_verdict(store: &Store, ours: &Hello, peer: &Hello) -> lockstep_engine::Result<Verdict> {
+    let mut rejoin = None;
+    let history = match divergence_point(ours, peer) {
+        Some(position) if peer.log_end > position => {
+            rejoin = store.fingerprint_at(position)?.map(|fingerprint| Verdict::Rejoin { position, fingerprint });
+            History::Prefix
+        }
+        _ => history(store, peer)?,
+    };
+    Ok(match (judge(ours, peer, history), rejoin) {
+        (Verdict::Accept { .. }, Some(rejoin)) => rejoin,
+        (verdict, _) => verdict,
+    })
+}
+
+/// Whether a node told to rejoin from `position` may cut its log there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejoinCheck {
+    /// The logs agree up to `position` and nothing after it was acknowledged.
+    Allowed,
+    /// The logs differ before `position`: the site must be rebuilt.
+    Diverged(String),
+    /// The tail may hold writes this node acknowledged alone: split brain.
+    SplitBrain(String),
+}
+
+/// Checks a Rejoin verdict from `primary` against this node's `store` (in
+/// `dir`, named in the advice) before anything is cut.
+pub fn check_rejoin(
+    store: &Store,
+    dir: &Path,
+    primary: &Hello,
+    position: u64,
+    fingerprint: Fingerprint,
+) -> RejoinCheck {
+    let ours = match store.fingerprint_at(position) {
+        Ok(f) => f,
+        Err(e) => return RejoinCheck::Diverged(format!("reading this node's log at position {position}: {e}")),
+    };
+    if ours != Some(fingerprint) {
+        return RejoinCheck::Diverged(format!(
+            "the logs differ before position {position}, where the primary's epoch {} began: the primary's \
+             fingerprint there is {fingerprint}, this node's {}; rebuild this site from the primary",
+            primary.epoch,
+            ours.map_or_else(|| "none (not a block boundary)".to_string(), |f| f.to_string())
+        ));
+    }
+    if store.unreplicated_acks() {
+        return RejoinCheck::SplitBrain(format!(
+            "split brain: this node's log holds {} bytes after position {position}, where {} became primary at \
+             epoch {}, and this node may have acknowledged some of them alone (it ran degraded, received or \
+             async); nothing was changed — export and drop them with `lockstep rejoin {} --export FILE`, then \
+             start this node again",
+            store.info().log_end - position,
+            primary.node_id,
+            primary.epoch,
+            dir.display()
+        ));
+    }
+    RejoinCheck::Allowed
 }
 
 #[cfg(test)]

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use lockstep_engine::{Error, LogBlock, Options, Store, StoreInfo, WriteBatch, FORMAT_VERSION};
 
 use crate::auth::AuthKey;
-use crate::handshake::{judge, History};
+use crate::handshake::{check_rejoin, describe, judge, primary_verdict, History, RejoinCheck};
 use crate::protocol::{
     read_frame, Hello, Message, PeerLoss, Request, Response, Role, SyncLevel, Verdict, FRAME_PAYLOAD_MAX, NONCE_LEN,
     PROOF_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, SCAN_PAGE_ITEMS_MAX,
 };
-use crate::repl::{CatchUp, Link, ReplState};
+use crate::repl::{Link, ReplState};
 
 /// Idle links carry a heartbeat this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -178,12 +178,7 @@ fn format_version() -> u32 {
     FORMAT_VERSION
 }
 
-/// A hash of the settings both sites must share: segment size (blocks must
-/// land at the same offsets) and the checksum and fingerprint algorithms.
-pub fn settings_hash(info: &StoreInfo) -> u64 {
-    let settings = format!("segment_size={};record_checksum=crc32;fingerprint=xxh3-128", info.segment_size);
-    xxhash_rust::xxh3::xxh3_64(settings.as_bytes())
-}
+pub use crate::handshake::settings_hash;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -348,15 +343,6 @@ impl Node {
 /// `lockstep rejoin`.
 pub const DIVERGENCE_FILE: &str = "divergence.json";
 
-/// Divergence point with a secondary of an older epoch: where the first
-/// epoch the secondary does not know began in this primary's history.
-fn divergence_point(primary: &Hello, secondary: &Hello) -> Option<u64> {
-    if secondary.epoch >= primary.epoch {
-        return None;
-    }
-    primary.epochs.iter().find(|e| e.epoch > secondary.epoch).map(|e| e.start_position)
-}
-
 /// Part of the reason writers get when the node stops before their write
 /// was acknowledged by the secondary (see `ReplState::wait_replicated`).
 const CLOSING_REASON: &str = "shut down before the secondary acknowledged";
@@ -455,18 +441,14 @@ impl Shared {
     /// A primary whose secondary may promote itself answers reads only
     /// while its lease (renewed by the secondary) lasts.
     fn readable(&self) -> Result<(), NodeError> {
-        if self.role() != Role::Primary {
+        if self.role() != Role::Primary || self.repl.lease_held() {
             return Ok(());
         }
-        let s = self.repl.lock();
-        match (s.pair_lease, s.lease_until) {
-            (Some(_), until) if until.is_none_or(|t| t <= Instant::now()) => Err(NodeError::Unavailable(format!(
-                "this primary's lease expired (no acknowledgement from the secondary at {} within the lease): it may \
-                 have been replaced by a promoted secondary; read from the current primary",
-                self.config.peer
-            ))),
-            _ => Ok(()),
-        }
+        Err(NodeError::Unavailable(format!(
+            "this primary's lease expired (no acknowledgement from the secondary at {} within the lease): it may \
+             have been replaced by a promoted secondary; read from the current primary",
+            self.config.peer
+        )))
     }
 
     fn stopping(&self) -> bool {
@@ -497,7 +479,6 @@ impl Shared {
 
     fn hello(&self) -> Hello {
         let store = self.store();
-        let info = store.info();
         let (protocol_min, protocol_max) = protocol_range();
         let mut nonce = [0u8; NONCE_LEN];
         // A nonce only has to differ between connections; should the
@@ -507,44 +488,25 @@ impl Shared {
             nonce.copy_from_slice(&nanos.as_nanos().to_le_bytes());
         }
         let role = self.role();
-        let commit_position = match role {
-            Role::Primary => self.repl.lock().answered_end.max(info.durable_end),
-            Role::Secondary => self.repl.lock().primary_committed,
-        };
-        Hello {
+        let mut hello = Hello {
             protocol_min,
             protocol_max,
             format_version: format_version(),
-            store_id: info.store_id,
-            node_id: info.node_id,
             role,
-            epoch: info.epoch,
-            log_end: info.durable_end,
-            fingerprint: info.fingerprint,
-            commit_position,
-            settings: settings_hash(&info),
             sync: self.config.sync,
             peer_loss: self.config.peer_loss,
             auth: self.config.auth_key.is_some(),
             nonce,
-            software_version: env!("CARGO_PKG_VERSION").into(),
-            unreplicated_acks: store.unreplicated_acks(),
             auto_failover: self.config.auto_failover && role == Role::Secondary,
             lease_ms: self.config.lease.as_millis() as u64,
-            epochs: store.epoch_history(),
-        }
-    }
-
-    /// Where the secondary's log stands against this primary's.
-    fn history(&self, peer: &Hello) -> std::io::Result<History> {
-        if peer.log_end > self.store().info().durable_end {
-            return Ok(History::Ahead);
-        }
-        match self.store().fingerprint_at(peer.log_end) {
-            Ok(Some(f)) if f == peer.fingerprint => Ok(History::Prefix),
-            Ok(_) => Ok(History::Diverged),
-            Err(e) => Err(std::io::Error::other(format!("reading this node's log: {e}"))),
-        }
+            ..Hello::example(role)
+        };
+        describe(&mut hello, &store);
+        hello.commit_position = match role {
+            Role::Primary => self.repl.lock().answered_end.max(hello.log_end),
+            Role::Secondary => self.repl.lock().primary_committed,
+        };
+        hello
     }
 
     /// Both sides send Hello, then a proof of the key, then their verdict;
@@ -587,19 +549,6 @@ impl Shared {
             (Some(key), true) => key.verify(&peer_proof, &ours.nonce, &peer.node_id.0, peer.role),
             _ => true, // one-sided configuration: judged below
         };
-        let mut rejoin = None;
-        let history = if ours.role == Role::Primary && peer.role == Role::Secondary {
-            match divergence_point(&ours, &peer) {
-                Some(position) if peer.log_end > position => {
-                    let fingerprint = self.store().fingerprint_at(position).ok().flatten();
-                    rejoin = fingerprint.map(|fingerprint| Verdict::Rejoin { position, fingerprint });
-                    History::Prefix
-                }
-                _ => self.history(&peer)?,
-            }
-        } else {
-            History::Unknown
-        };
         let verdict = match &self.config.auth_key {
             Some(key) if !authentic => Verdict::Refuse {
                 reason: format!(
@@ -610,10 +559,11 @@ impl Shared {
                     key.key_id()
                 ),
             },
-            _ => match (judge(&ours, &peer, history), rejoin) {
-                (Verdict::Accept { .. }, Some(rejoin)) => rejoin,
-                (verdict, _) => verdict,
-            },
+            _ if ours.role == Role::Primary && peer.role == Role::Secondary => {
+                primary_verdict(&self.store(), &ours, &peer)
+                    .map_err(|e| std::io::Error::other(format!("reading this node's log: {e}")))?
+            }
+            _ => judge(&ours, &peer, History::Unknown),
         };
         sender.send(&[Message::Verdict(verdict.clone())])?;
         let Message::Verdict(theirs) = recv(stream)? else {
@@ -712,24 +662,7 @@ impl Shared {
         let epoch = store.promote()?;
         let log_end = store.info().log_end;
         *lock(&self.role) = Role::Primary;
-        self.repl.update(|s| {
-            s.degraded = true;
-            s.degraded_at = log_end;
-            s.link = Link::Connecting;
-            s.refusal = None;
-            s.peer_durable = 0;
-            s.peer_received = 0;
-            s.ring.clear();
-            s.ring_bytes = 0;
-            s.shipped_end = log_end;
-            s.catchup = None;
-            s.pair_lease = None;
-            s.lease_until = None;
-            s.last_heard = None;
-            s.switching = false;
-            s.handed_over = false;
-            s.promoted = Some((began, started.elapsed()));
-        });
+        self.repl.promoted(log_end, began, started.elapsed());
         tracing::warn!(
             "promoted to primary at epoch {epoch} from log position {log_end}{}; taking writes alone until {} \
              rejoins as secondary",
@@ -746,7 +679,7 @@ impl Shared {
         let wait = self.config.lease + self.config.lease / 2;
         while !self.stopping() {
             std::thread::sleep(Duration::from_millis(5));
-            let silent = self.repl.lock().last_heard.is_some_and(|t| t.elapsed() >= wait);
+            let silent = self.repl.primary_silent_for(wait);
             if self.role() != Role::Secondary || !silent {
                 continue;
             }
@@ -799,38 +732,23 @@ impl Shared {
         fingerprint: lockstep_engine::Fingerprint,
     ) -> Result<Hello, SessionEnd> {
         let store = self.store();
-        let ours = store.fingerprint_at(position).map_err(|e| SessionEnd::Io(std::io::Error::other(e.to_string())))?;
-        if ours != Some(fingerprint) {
-            return Err(SessionEnd::Refused(format!(
-                "the logs differ before position {position}, where the primary's epoch {} began: the primary's \
-                 fingerprint there is {fingerprint}, this node's {}; rebuild this site from the primary",
-                primary.epoch,
-                ours.map_or_else(|| "none (not a block boundary)".to_string(), |f| f.to_string())
-            )));
+        match check_rejoin(&store, &self.config.dir, primary, position, fingerprint) {
+            RejoinCheck::Allowed => {}
+            RejoinCheck::Diverged(reason) => return Err(SessionEnd::Refused(reason)),
+            RejoinCheck::SplitBrain(reason) => {
+                let note = serde_json::json!({
+                    "position": position,
+                    "fingerprint": fingerprint.to_string(),
+                    "primary": primary.node_id.to_string(),
+                    "epoch": primary.epoch,
+                });
+                if let Err(e) = std::fs::write(self.config.dir.join(DIVERGENCE_FILE), note.to_string()) {
+                    tracing::error!("recording the divergence point: {e}");
+                }
+                return Err(SessionEnd::Refused(reason));
+            }
         }
         let log_end = store.info().log_end;
-        if store.unreplicated_acks() {
-            let reason = format!(
-                "split brain: this node's log holds {} bytes after position {position}, where {} became primary at \
-                 epoch {}, and this node may have acknowledged some of them alone (it ran degraded, received or \
-                 async); nothing was changed — export and drop them with `lockstep rejoin {} --export FILE`, then \
-                 start this node again",
-                log_end - position,
-                primary.node_id,
-                primary.epoch,
-                self.config.dir.display()
-            );
-            let note = serde_json::json!({
-                "position": position,
-                "fingerprint": fingerprint.to_string(),
-                "primary": primary.node_id.to_string(),
-                "epoch": primary.epoch,
-            });
-            if let Err(e) = std::fs::write(self.config.dir.join(DIVERGENCE_FILE), note.to_string()) {
-                tracing::error!("recording the divergence point: {e}");
-            }
-            return Err(SessionEnd::Refused(reason));
-        }
         // The tail is read and exported from the open store (proportional
         // to the tail); only then is the store closed and cut.
         let io = |e: Error| SessionEnd::Io(std::io::Error::other(e.to_string()));
@@ -946,23 +864,7 @@ impl Shared {
         *connected = true;
         let durable = self.store().info().durable_end;
         self.accepted(&peer);
-        self.repl.update(|s| {
-            s.peer_durable = peer.log_end;
-            s.peer_received = peer.log_end;
-            s.catchup = (peer.log_end < durable).then_some(CatchUp { from: peer.log_end, target: durable });
-            s.heartbeats.clear();
-            // Still a secondary after a Handover was sent: it never arrived;
-            // send it again on this link.
-            if s.switching && s.handed_over {
-                tracing::warn!("switchover: the secondary did not take over; handing over again");
-                s.handed_over = false;
-            }
-            // Once a secondary that may promote itself was met, the lease
-            // rules this primary until it shuts down.
-            if peer.auto_failover {
-                s.pair_lease = Some(Duration::from_millis(peer.lease_ms));
-            }
-        });
+        self.repl.primary_session_started(&peer, durable);
         if peer.log_end < durable {
             tracing::info!(
                 "the secondary is behind: catching up {} bytes from position {}",
@@ -1192,21 +1094,12 @@ impl Shared {
 
     /// Heartbeats come at least four times per lease.
     fn heartbeat_interval(&self) -> Duration {
-        let lease = self.repl.lock().pair_lease;
-        lease.map_or(HEARTBEAT_INTERVAL, |l| HEARTBEAT_INTERVAL.min(l / 4))
+        self.repl.heartbeat_interval(HEARTBEAT_INTERVAL)
     }
 
     fn send_heartbeat(&self, sender: &Sender) -> std::io::Result<()> {
         let info = self.store().info();
-        let (commit_position, seq) = self.repl.update(|s| {
-            s.heartbeat_seq += 1;
-            let seq = s.heartbeat_seq;
-            s.heartbeats.push_back((seq, Instant::now()));
-            if s.heartbeats.len() > 1024 {
-                s.heartbeats.pop_front();
-            }
-            (s.answered_end, seq)
-        });
+        let (seq, commit_position) = self.repl.heartbeat_sent();
         // Log end and fingerprint are read together: a consistent pair the
         // secondary checks its own log against when it is at that position.
         sender.send(&[Message::Heartbeat {
@@ -1315,15 +1208,7 @@ impl Shared {
         *connected = true;
         self.accepted(&peer);
         let own = self.store().info().durable_end;
-        self.repl.update(|s| {
-            s.peer_durable = peer.log_end;
-            s.shipped_end = own;
-            s.catchup = (own < peer.log_end).then_some(CatchUp { from: own, target: peer.log_end });
-            s.lag.mark(peer.log_end);
-            s.last_heard = Some(Instant::now());
-            s.last_heartbeat = 0;
-            s.primary_committed = s.primary_committed.max(peer.commit_position);
-        });
+        self.repl.secondary_session_started(&peer, own);
         *lock(&self.session) = stream.try_clone().ok();
         if own < peer.log_end {
             tracing::info!("behind the primary: catching up {} bytes from position {own}", peer.log_end - own);
@@ -1368,8 +1253,7 @@ impl Shared {
             if self.role() != Role::Secondary {
                 return SessionEnd::Stopped; // promoted meanwhile
             }
-            // The failover watcher polls this; nobody needs waking.
-            self.repl.lock().last_heard = Some(Instant::now());
+            self.repl.heard_from_primary();
             match message {
                 Message::Block { segment, position, block } => {
                     let end = position + block.len() as u64;
@@ -1377,12 +1261,7 @@ impl Shared {
                         Ok(p) => p,
                         Err(e) => return SessionEnd::Io(std::io::Error::other(format!("applying a block: {e}"))),
                     };
-                    self.repl.update(|s| {
-                        s.shipped_end = end;
-                        s.peer_durable = s.peer_durable.max(end);
-                        s.lag.mark(end);
-                        s.applied_bytes += end - position;
-                    });
+                    self.repl.block_received(position, end);
                     let durable = self.store().info().durable_end;
                     if pending.send((end, append)).is_err() {
                         return SessionEnd::Stopped;
@@ -1397,13 +1276,7 @@ impl Shared {
                     }
                 }
                 Message::Heartbeat { log_end, fingerprint, commit_position, seq, .. } => {
-                    let received = self.repl.update(|s| {
-                        s.peer_durable = s.peer_durable.max(log_end);
-                        s.lag.mark(log_end);
-                        s.last_heartbeat = seq;
-                        s.primary_committed = s.primary_committed.max(commit_position);
-                        s.shipped_end
-                    });
+                    let received = self.repl.primary_heartbeat(log_end, commit_position, seq);
                     let info = self.store().info();
                     let durable = info.durable_end;
                     if durable == log_end && info.log_end == log_end {

@@ -8,12 +8,13 @@
 //! last reported. Both: link state, refusal, catch-up progress.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use lockstep_engine::{LogBlock, Replica, ReplicaWaker, Replicated};
 
-use crate::protocol::{PeerLoss, SyncLevel};
+use crate::protocol::{Hello, PeerLoss, SyncLevel};
 
 /// Bytes of recently shipped blocks kept in memory for the sender; older
 /// ones are read back from the log.
@@ -23,6 +24,34 @@ pub const ASYNC_LAG_BYTES_MAX: u64 = 8 << 20;
 /// A degraded primary returns to synchronous mode once the peer is within
 /// this many bytes of its log end.
 pub const RESYNC_SLACK_BYTES: u64 = 1 << 20;
+
+/// Where the replication rules read the time: the machine's clock, or one
+/// the deterministic simulator ([`crate::sim`]) advances by hand.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    Real,
+    Simulated { start: Instant, ms: Arc<AtomicU64> },
+}
+
+impl Clock {
+    /// A simulated clock at 0 ms, and the handle that moves it.
+    pub fn simulated() -> (Clock, Arc<AtomicU64>) {
+        let ms = Arc::new(AtomicU64::new(0));
+        (Clock::Simulated { start: Instant::now(), ms: ms.clone() }, ms)
+    }
+
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            Clock::Simulated { start, ms } => *start + Duration::from_millis(ms.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// Time since `then`.
+    pub fn since(&self, then: Instant) -> Duration {
+        self.now().saturating_duration_since(then)
+    }
+}
 
 /// The state of the replication link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,15 +193,21 @@ pub struct Inner {
 pub struct ReplState {
     pub sync: SyncLevel,
     pub peer_loss: PeerLoss,
+    pub clock: Clock,
     inner: Mutex<Inner>,
     changed: Condvar,
 }
 
 impl ReplState {
     pub fn new(sync: SyncLevel, peer_loss: PeerLoss) -> ReplState {
+        ReplState::with_clock(sync, peer_loss, Clock::Real)
+    }
+
+    pub fn with_clock(sync: SyncLevel, peer_loss: PeerLoss, clock: Clock) -> ReplState {
         ReplState {
             sync,
             peer_loss,
+            clock,
             inner: Mutex::new(Inner {
                 link: Link::Connecting,
                 refusal: None,
@@ -278,6 +313,133 @@ impl ReplState {
         }
     }
 
+    // ---- transitions shared by the node's threads and the simulator ---------------
+
+    /// (Primary.) A handshake with `peer` succeeded; this log is durable up
+    /// to `durable`.
+    pub fn primary_session_started(&self, peer: &Hello, durable: u64) {
+        self.update(|s| {
+            s.peer_durable = peer.log_end;
+            s.peer_received = peer.log_end;
+            s.catchup = (peer.log_end < durable).then_some(CatchUp { from: peer.log_end, target: durable });
+            s.heartbeats.clear();
+            // Still a secondary after a Handover was sent: it never arrived;
+            // send it again on this link.
+            if s.switching && s.handed_over {
+                tracing::warn!("switchover: the secondary did not take over; handing over again");
+                s.handed_over = false;
+            }
+            // Once a secondary that may promote itself was met, the lease
+            // rules this primary until it shuts down.
+            if peer.auto_failover {
+                s.pair_lease = Some(Duration::from_millis(peer.lease_ms));
+            }
+        });
+    }
+
+    /// (Primary.) Numbers the next heartbeat and notes when it was sent (the
+    /// lease runs from there); returns its number and the highest position
+    /// answered to writers.
+    pub fn heartbeat_sent(&self) -> (u64, u64) {
+        let now = self.clock.now();
+        self.update(|s| {
+            s.heartbeat_seq += 1;
+            s.heartbeats.push_back((s.heartbeat_seq, now));
+            if s.heartbeats.len() > 1024 {
+                s.heartbeats.pop_front();
+            }
+            (s.heartbeat_seq, s.answered_end)
+        })
+    }
+
+    /// (Primary.) Whether it may answer reads: always, unless its secondary
+    /// may promote itself — then only while the lease lasts.
+    pub fn lease_held(&self) -> bool {
+        let s = self.lock();
+        match (s.pair_lease, s.lease_until) {
+            (Some(_), until) => until.is_some_and(|t| t > self.clock.now()),
+            (None, _) => true,
+        }
+    }
+
+    /// (Secondary.) A handshake with the primary `peer` succeeded; this log
+    /// is durable up to `own`.
+    pub fn secondary_session_started(&self, peer: &Hello, own: u64) {
+        let now = self.clock.now();
+        self.update(|s| {
+            s.peer_durable = peer.log_end;
+            s.shipped_end = own;
+            s.catchup = (own < peer.log_end).then_some(CatchUp { from: own, target: peer.log_end });
+            s.lag.mark(peer.log_end);
+            s.last_heard = Some(now);
+            s.last_heartbeat = 0;
+            s.primary_committed = s.primary_committed.max(peer.commit_position);
+        });
+    }
+
+    /// (Secondary.) Something arrived from the primary.
+    pub fn heard_from_primary(&self) {
+        // The failover watcher polls this; nobody needs waking.
+        self.lock().last_heard = Some(self.clock.now());
+    }
+
+    /// (Secondary.) Whether the primary has been silent for `wait` since
+    /// it was last heard (never heard: not silent).
+    pub fn primary_silent_for(&self, wait: Duration) -> bool {
+        self.lock().last_heard.is_some_and(|t| self.clock.since(t) >= wait)
+    }
+
+    /// (Secondary.) A heartbeat from the primary; returns the end of what
+    /// was received.
+    pub fn primary_heartbeat(&self, log_end: u64, commit_position: u64, seq: u64) -> u64 {
+        self.update(|s| {
+            s.peer_durable = s.peer_durable.max(log_end);
+            s.lag.mark(log_end);
+            s.last_heartbeat = seq;
+            s.primary_committed = s.primary_committed.max(commit_position);
+            s.shipped_end
+        })
+    }
+
+    /// (Secondary.) A block from `position` to `end` was handed to the store.
+    pub fn block_received(&self, position: u64, end: u64) {
+        self.update(|s| {
+            s.shipped_end = end;
+            s.peer_durable = s.peer_durable.max(end);
+            s.lag.mark(end);
+            s.applied_bytes += end - position;
+        });
+    }
+
+    /// (Primary.) How often heartbeats go out: at least four per lease.
+    pub fn heartbeat_interval(&self, default: Duration) -> Duration {
+        self.lock().pair_lease.map_or(default, |l| default.min(l / 4))
+    }
+
+    /// This secondary became the primary of the next epoch, its log ending
+    /// at `log_end`: it answers alone (degraded) until a secondary catches
+    /// up. `began_ms` (unix) and `took` describe the promotion for status.
+    pub fn promoted(&self, log_end: u64, began_ms: u64, took: Duration) {
+        self.update(|s| {
+            s.degraded = true;
+            s.degraded_at = log_end;
+            s.link = Link::Connecting;
+            s.refusal = None;
+            s.peer_durable = 0;
+            s.peer_received = 0;
+            s.ring.clear();
+            s.ring_bytes = 0;
+            s.shipped_end = log_end;
+            s.catchup = None;
+            s.pair_lease = None;
+            s.lease_until = None;
+            s.last_heard = None;
+            s.switching = false;
+            s.handed_over = false;
+            s.promoted = Some((began_ms, took));
+        });
+    }
+
     /// Bytes answered to writers that the peer does not hold durably.
     pub fn exposure(s: &Inner) -> u64 {
         s.alone_end.saturating_sub(s.peer_durable)
@@ -357,11 +519,11 @@ impl ReplState {
         let since = match s.waiting_since {
             Some((at, since)) if at == end => since,
             _ => {
-                s.waiting_since = Some((end, Instant::now()));
+                s.waiting_since = Some((end, self.clock.now()));
                 return Ok(None);
             }
         };
-        if since.elapsed() < Duration::from_millis(after_ms) {
+        if self.clock.since(since) < Duration::from_millis(after_ms) {
             return Ok(None);
         }
         tracing::warn!(
