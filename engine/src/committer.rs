@@ -29,7 +29,7 @@ use crate::format::{
     Seal, SegmentDigester, Superblock, BLOCK_HEADER_LEN, BLOCK_LEN_MAX, COMPAT_UNREPLICATED_ACKS, EPOCH_HISTORY_MAX,
     RECORD_KIND_DELETE, SEAL_REGION, SEGMENT_HEADER_REGION,
 };
-use crate::replica::LogBlock;
+use crate::replica::{LogBlock, Replicated};
 use crate::storage::{StorageFile, SyncTicket};
 use crate::store::{lock, write, Loc, SegmentFile, Shared};
 
@@ -145,16 +145,24 @@ pub(crate) enum Cmd {
     FlushSoon,
     /// Append a block received from the primary durably.
     Replicated(LogBlock, Sender<Result<()>>),
-    /// Begin the next epoch at the log end; answer with it.
-    Promote(Sender<Result<u64>>),
+    /// Begin the epoch after both this store's and the one given, at the
+    /// log end; answer with it.
+    Promote(u64, Sender<Result<u64>>),
+    /// The peer holds the log durably up to this position (see
+    /// `Store::peer_holds`); nobody waits for it.
+    PeerHolds(u64),
 }
+
+/// A promotion asked for while a group was gathered: the known epoch and
+/// where to answer.
+type PromoteRequest = (u64, Sender<Result<u64>>);
 
 impl Cmd {
     fn len(&self) -> usize {
         match self {
             Cmd::Write(w, _) => w.records.len(),
             Cmd::Replicated(b, _) => b.bytes.len(),
-            Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(_) => 0,
+            Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(..) | Cmd::PeerHolds(_) => 0,
         }
     }
 
@@ -164,10 +172,10 @@ impl Cmd {
             Cmd::Write(_, reply) | Cmd::Sync(reply) | Cmd::Replicated(_, reply) => {
                 let _ = reply.send(result);
             }
-            Cmd::Promote(reply) => {
+            Cmd::Promote(_, reply) => {
                 let _ = reply.send(result.map(|()| 0));
             }
-            Cmd::FlushSoon => {}
+            Cmd::FlushSoon | Cmd::PeerHolds(_) => {}
         }
     }
 }
@@ -225,6 +233,10 @@ pub(crate) struct LogWriter {
     /// Write + sync pairs submitted and not yet waited for, oldest first,
     /// each with the log end it makes durable.
     inflight: VecDeque<(SyncTicket, u64)>,
+    /// The highest log end answered without the peer holding it, while
+    /// [`COMPAT_UNREPLICATED_ACKS`] is set (after a restart: the log end
+    /// at open, as nothing more precise is known).
+    alone_end: u64,
 }
 
 type IndexUpdate = (Bytes, Option<Loc>);
@@ -337,8 +349,12 @@ impl Committer {
                     }
                 }
             };
-            if let Cmd::Promote(reply) = first {
-                self.promote(&mut waiting, reply);
+            if let Cmd::Promote(known, reply) = first {
+                self.promote(&mut waiting, known, reply);
+                continue;
+            }
+            if let Cmd::PeerHolds(position) = first {
+                self.peer_holds(position);
                 continue;
             }
             let (group, promote) = self.gather(first);
@@ -347,8 +363,8 @@ impl Committer {
             } else {
                 self.submit_writes(group, &mut waiting);
             }
-            if let Some(reply) = promote {
-                self.promote(&mut waiting, reply);
+            if let Some((known, reply)) = promote {
+                self.promote(&mut waiting, known, reply);
             }
         }
         while !waiting.is_empty() {
@@ -413,7 +429,7 @@ impl Committer {
                 Cmd::Write(..) => cmd.reply(Err(Error::InvalidArgument(
                     "this store receives a replicated log; write through the primary".into(),
                 ))),
-                Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(_) => answered.push(cmd),
+                Cmd::Sync(_) | Cmd::FlushSoon | Cmd::Promote(..) | Cmd::PeerHolds(_) => answered.push(cmd),
             }
         }
         waiting.push_back(Waiting { end, group: answered, updates, own: false });
@@ -445,7 +461,7 @@ impl Committer {
             };
             let result = match ready {
                 Ok(Some(None)) => return,
-                Ok(Some(Some(r))) => lock(&self.writer).note_alone(r.alone),
+                Ok(Some(Some(r))) => lock(&self.writer).note_alone(r),
                 Ok(None) => Ok(()),
                 Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
             };
@@ -460,13 +476,14 @@ impl Committer {
     }
 
     /// `first` and whatever else is queued, up to [`GROUP_BYTES_MAX`].
-    fn gather(&self, first: Cmd) -> (Vec<Cmd>, Option<Sender<Result<u64>>>) {
+    fn gather(&self, first: Cmd) -> (Vec<Cmd>, Option<PromoteRequest>) {
         let mut bytes = first.len();
         let mut group = vec![first];
         while bytes < GROUP_BYTES_MAX {
             match self.rx.try_recv() {
                 // A promotion is a barrier: it runs after this group.
-                Ok(Cmd::Promote(reply)) => return (group, Some(reply)),
+                Ok(Cmd::Promote(known, reply)) => return (group, Some((known, reply))),
+                Ok(Cmd::PeerHolds(position)) => self.peer_holds(position),
                 Ok(cmd) => {
                     bytes += cmd.len();
                     group.push(cmd);
@@ -478,11 +495,16 @@ impl Committer {
     }
 
     /// Answers everything waiting, then begins the next epoch.
-    fn promote(&self, waiting: &mut VecDeque<Waiting>, reply: Sender<Result<u64>>) {
+    fn peer_holds(&self, position: u64) {
+        // A failure poisons the store; the next write reports it.
+        let _ = lock(&self.writer).peer_holds(position);
+    }
+
+    fn promote(&self, waiting: &mut VecDeque<Waiting>, known_epoch: u64, reply: Sender<Result<u64>>) {
         while !waiting.is_empty() {
             self.complete_oldest(waiting);
         }
-        let promoted = lock(&self.writer).promote().map_err(|reason| Error::Poisoned { reason });
+        let promoted = lock(&self.writer).promote(known_epoch).map_err(|reason| Error::Poisoned { reason });
         let _ = reply.send(promoted);
     }
 
@@ -497,7 +519,7 @@ impl Committer {
                     // Received blocks are answered alone; the next group waits its turn.
                     false => Ok(oldest.end),
                     true => match replica.wait_replicated(oldest.end) {
-                        Ok(r) => lock(&self.writer).note_alone(r.alone).map(|()| r.end.min(*local)),
+                        Ok(r) => lock(&self.writer).note_alone(r).map(|()| r.end.min(*local)),
                         Err(reason) => Err(lock(&self.writer).poison(format!("not replicated: {reason}"))),
                     },
                 };
@@ -546,6 +568,7 @@ impl LogWriter {
             .ok_or_else(|| Error::Poisoned { reason: format!("segment {} is not open", active.number) })?;
         debug_assert!(position >= active.first_position);
         let spare = spare.map(|file| Spare::Ready(Ok(file)));
+        let superblock_has_alone_acks = superblock.compat_features & COMPAT_UNREPLICATED_ACKS != 0;
         Ok(LogWriter {
             shared,
             superblock,
@@ -556,6 +579,7 @@ impl LogWriter {
             fingerprint,
             durable_end: position,
             inflight: VecDeque::new(),
+            alone_end: if superblock_has_alone_acks { position } else { 0 },
         })
     }
 
@@ -748,12 +772,13 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Begins the next epoch at the log end (see `Store::promote`).
-    pub(crate) fn promote(&mut self) -> Result<u64, String> {
+    /// Begins the next epoch after this store's and `known_epoch` at the
+    /// log end (see `Store::promote_past`).
+    pub(crate) fn promote(&mut self, known_epoch: u64) -> Result<u64, String> {
         let mut epoch = 0;
         self.commit_with(|writer| {
             writer.append(&[])?;
-            epoch = writer.superblock.epoch + 1;
+            epoch = writer.superblock.epoch.max(known_epoch) + 1;
             writer.begin_epoch(epoch, writer.position)?;
             Ok(Vec::new())
         })?;
@@ -792,15 +817,27 @@ impl LogWriter {
     /// Before writers are answered: records durably whether the answer is
     /// given without the peer holding it ([`COMPAT_UNREPLICATED_ACKS`]).
     /// A failure poisons the store.
-    fn note_alone(&mut self, alone: bool) -> Result<(), String> {
+    fn note_alone(&mut self, r: Replicated) -> Result<(), String> {
+        if r.alone {
+            self.alone_end = self.alone_end.max(r.end);
+        }
         let set = self.superblock.compat_features & COMPAT_UNREPLICATED_ACKS != 0;
-        if set == alone {
+        if set == r.alone {
             return Ok(());
         }
         self.commit_with(|writer| {
             writer.rewrite_superblock(|sb| sb.compat_features ^= COMPAT_UNREPLICATED_ACKS)?;
             Ok(Vec::new())
         })
+    }
+
+    /// The peer holds the log durably up to `position`: if that covers
+    /// every answer given alone, [`COMPAT_UNREPLICATED_ACKS`] is cleared.
+    pub(crate) fn peer_holds(&mut self, position: u64) -> Result<(), String> {
+        if self.alone_end > position {
+            return Ok(());
+        }
+        self.note_alone(Replicated { end: position, alone: false })
     }
 
     /// Refuses every later write with `reason` and returns it. What is

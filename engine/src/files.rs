@@ -60,6 +60,12 @@ fn create_atomically(
     Ok(file)
 }
 
+/// Replaces (or creates) file `name` in `dir` with `bytes`, atomically and
+/// durably: the rename replaces the old file; a crash before it leaves it.
+pub(crate) fn replace_file(storage: &dyn Storage, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    create_atomically(storage, dir, name, bytes.len() as u64, &[(0, bytes)], false).map(drop)
+}
+
 /// Removes temporary files an interrupted creation left behind.
 pub(crate) fn remove_temporaries(storage: &dyn Storage, dir: &Path) -> Result<()> {
     for name in storage.list(dir).map_err(io_at("listing", dir))? {

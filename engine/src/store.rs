@@ -213,6 +213,18 @@ pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn aux_file_name(name: &str) -> Result<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(Error::InvalidArgument(format!(
+            "auxiliary file name {name:?}: use 1 to 64 lowercase letters, digits and dashes"
+        )));
+    }
+    Ok(format!("aux-{name}"))
+}
+
 fn lock_owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let since =
@@ -518,10 +530,52 @@ impl Store {
     /// recorded durably in the superblock's epoch history, and every later
     /// block carries the new epoch. Returns the new epoch.
     pub fn promote(&self) -> Result<u64> {
+        self.promote_past(0)
+    }
+
+    /// [`Store::promote`] to an epoch after both this store's and
+    /// `known_epoch` (an epoch another site is known to have begun), so two
+    /// promotions never share an epoch number.
+    pub fn promote_past(&self, known_epoch: u64) -> Result<u64> {
         self.check_poisoned()?;
         let (reply, done) = crossbeam_channel::bounded(1);
-        self.send(Cmd::Promote(reply))?;
+        self.send(Cmd::Promote(known_epoch, reply))?;
         done.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Tells the store its replication peer holds the log durably up to
+    /// `position`. Once that covers every write answered without the peer
+    /// ([`crate::Replicated::alone`]), [`Store::unreplicated_acks`] clears:
+    /// a later rejoin then knows the store's tail holds nothing
+    /// acknowledged. Does not wait.
+    pub fn peer_holds(&self, position: u64) {
+        let _ = self.send(Cmd::PeerHolds(position));
+    }
+
+    /// Replaces the small file `name` in the store's directory with
+    /// `bytes`, durably and atomically (written to a temporary, synced,
+    /// renamed, directory synced), for state an embedding application keeps
+    /// with the store — the replicator's record of its peer. The file is
+    /// named `aux-NAME`; `name` is lowercase letters, digits and dashes.
+    pub fn write_aux_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let file = aux_file_name(name)?;
+        files::replace_file(&*self.shared.storage, &self.shared.dir, &file, bytes)
+    }
+
+    /// The contents of the file [`Store::write_aux_file`] wrote, if any.
+    pub fn read_aux_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.shared.dir.join(aux_file_name(name)?);
+        let storage = &*self.shared.storage;
+        if !storage.exists(&path).map_err(Error::io(format!("checking {}", path.display())))? {
+            return Ok(None);
+        }
+        let read = || -> std::io::Result<Vec<u8>> {
+            let file = storage.open(&path, crate::storage::OpenMode::Read)?;
+            let mut buf = vec![0u8; file.len()? as usize];
+            file.read_exact_at(&mut buf, 0)?;
+            Ok(buf)
+        };
+        read().map(Some).map_err(Error::io(format!("reading {}", path.display())))
     }
 
     /// The epoch history, oldest first: each epoch and the log position it

@@ -11,7 +11,9 @@
 //!   sync-level and peer-loss rules.
 //! * [`drill`]: `lockstep drill`, the failover harness; [`rejoin`]: export
 //!   and cut a former primary's divergent tail.
-//! * [`proxy::FaultProxy`]: a fault-injecting TCP proxy for tests and drills.
+//! * [`proxy::FaultProxy`]: a fault-injecting TCP proxy for tests and drills;
+//!   [`sim`]: the deterministic simulation of a pair (one seed, simulated
+//!   disks, network and clock).
 //! * [`inspect`], [`load`]: read-only inspection and the load runner.
 #![forbid(unsafe_code)]
 
@@ -26,3 +28,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod rejoin;
 pub mod repl;
+pub mod sim;

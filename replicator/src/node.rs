@@ -26,7 +26,7 @@ use crate::protocol::{
     read_frame, Hello, Message, PeerLoss, Request, Response, Role, SyncLevel, Verdict, FRAME_PAYLOAD_MAX, NONCE_LEN,
     PROOF_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, SCAN_PAGE_ITEMS_MAX,
 };
-use crate::repl::{Link, ReplState};
+use crate::repl::{Link, PeerRecord, ReplState};
 
 /// Idle links carry a heartbeat this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -199,8 +199,9 @@ impl Node {
         // shipped, and a promoted one needs the hook from its first write.
         let options = Options { create_if_missing: false, replica: Some(repl.clone()), ..Options::default() };
         let store = Arc::new(Store::open(&config.dir, options)?);
-        let log_end = store.info().log_end;
-        repl.update(|s| s.shipped_end = log_end);
+        let record = PeerRecord::load(&store)
+            .map_err(|reason| NodeError::Io { context: reason, source: std::io::ErrorKind::InvalidData.into() })?;
+        repl.store_opened(&store, record);
         // A primary listens too: a peer that dials it (another primary) is
         // refused by the handshake rather than left unanswered.
         let repl_listener = bind(&config.repl, "replication")?;
@@ -444,9 +445,15 @@ impl Shared {
         if self.role() != Role::Primary || self.repl.lease_held() {
             return Ok(());
         }
+        let reason = if self.repl.lock().lease_known {
+            "this primary's lease expired (no acknowledgement from the secondary within the lease)"
+        } else {
+            "this primary has not met its secondary since it started, so it cannot tell whether the secondary \
+             promoted itself meanwhile"
+        };
         Err(NodeError::Unavailable(format!(
-            "this primary's lease expired (no acknowledgement from the secondary at {} within the lease): it may \
-             have been replaced by a promoted secondary; read from the current primary",
+            "{reason}: it may have been replaced by a promoted secondary at {}; read from the current primary, or \
+             retry once the secondary is connected",
             self.config.peer
         )))
     }
@@ -647,19 +654,15 @@ impl Shared {
             return Err(NodeError::InvalidArgument("this node is already the primary".into()));
         }
         let store = self.store();
-        let (durable, committed) = (store.info().durable_end, self.repl.lock().primary_committed);
-        if !force && durable < committed {
-            return Err(NodeError::Unavailable(format!(
-                "this secondary holds the log up to position {durable}, but the primary reported writes \
-                 acknowledged up to {committed}: promoting it would lose them; let it catch up, or promote with \
-                 --force to accept the loss"
-            )));
+        let info = store.info();
+        if let Some(risk) = self.repl.promotion_risk(info.epoch, info.durable_end).filter(|_| !force) {
+            return Err(NodeError::Unavailable(risk));
         }
         if let Some(session) = lock(&self.session).take() {
             let _ = session.shutdown(Shutdown::Both);
         }
         let (began, started) = (now_ms(), Instant::now());
-        let epoch = store.promote()?;
+        let epoch = store.promote_past(self.repl.lock().known_epoch)?;
         let log_end = store.info().log_end;
         *lock(&self.role) = Role::Primary;
         self.repl.promoted(log_end, began, started.elapsed());
@@ -713,6 +716,12 @@ impl Shared {
         });
         if let Err(e) = self.replace_store(|_| Ok(())) {
             tracing::error!("reopening the store after demotion failed: {e}");
+        }
+        // Its epoch is known from now on, across restarts: a later promotion
+        // of this node begins a newer one.
+        let record = self.repl.learn_primary(newer);
+        if let Err(e) = record.save(&self.store()) {
+            tracing::warn!("keeping the record of the primary (epoch {}): {e}", record.epoch);
         }
         self.repl.update(|s| {
             s.demoted = None;
@@ -896,7 +905,11 @@ impl Shared {
             match recv(&mut stream) {
                 Ok(Message::Ack { received_end, durable_end, heartbeat }) => {
                     self.repl.renew_lease(heartbeat);
-                    self.repl.acknowledge(received_end, durable_end)
+                    self.repl.acknowledge(received_end, durable_end);
+                    let store = self.store();
+                    if store.unreplicated_acks() {
+                        store.peer_holds(durable_end);
+                    }
                 }
                 Ok(Message::Heartbeat { .. }) => {}
                 Ok(other) => {
@@ -1208,7 +1221,10 @@ impl Shared {
         *connected = true;
         self.accepted(&peer);
         let own = self.store().info().durable_end;
-        self.repl.secondary_session_started(&peer, own);
+        let record = self.repl.secondary_session_started(&peer, own);
+        if let Err(e) = record.save(&self.store()) {
+            tracing::warn!("keeping the record of the primary (epoch {}): {e}", record.epoch);
+        }
         *lock(&self.session) = stream.try_clone().ok();
         if own < peer.log_end {
             tracing::info!("behind the primary: catching up {} bytes from position {own}", peer.log_end - own);

@@ -53,6 +53,57 @@ impl Clock {
     }
 }
 
+/// What a secondary learned from its primary at the last handshake, kept
+/// with its store (the auxiliary file `aux-peer`, JSON) so that it
+/// survives a restart: the primary's epoch — a promotion begins a later
+/// one, so two primaries never share an epoch — and the position the
+/// primary had acknowledged writes up to — a promotion without `--force`
+/// refuses while this log ends before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub epoch: u64,
+    pub commit_position: u64,
+    /// The epoch of the last primary that accepted this node as its
+    /// secondary (checked that this log continues its own).
+    pub accepted_epoch: u64,
+}
+
+impl PeerRecord {
+    const FILE: &'static str = "peer";
+
+    /// The record kept with `store` (all zeros if there is none).
+    pub fn load(store: &lockstep_engine::Store) -> Result<PeerRecord, String> {
+        let Some(bytes) = store.read_aux_file(Self::FILE).map_err(|e| e.to_string())? else {
+            return Ok(PeerRecord::default());
+        };
+        let damaged = || {
+            format!(
+                "{}: the record of the replication peer (aux-{}) is damaged; remove it to start without what it \
+                 knew (the primary's epoch and acknowledged position)",
+                store.dir().display(),
+                Self::FILE
+            )
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| damaged())?;
+        let field = |name: &str| value[name].as_u64().ok_or_else(damaged);
+        Ok(PeerRecord {
+            epoch: field("epoch")?,
+            commit_position: field("commit_position")?,
+            accepted_epoch: field("accepted_epoch")?,
+        })
+    }
+
+    /// Keeps the record with `store`, durably.
+    pub fn save(self, store: &lockstep_engine::Store) -> lockstep_engine::Result<()> {
+        let json = serde_json::json!({
+            "epoch": self.epoch,
+            "commit_position": self.commit_position,
+            "accepted_epoch": self.accepted_epoch,
+        });
+        store.write_aux_file(Self::FILE, json.to_string().as_bytes())
+    }
+}
+
 /// The state of the replication link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -162,6 +213,10 @@ pub struct Inner {
     /// Primary: the lease, when the secondary runs automatic failover (it
     /// may promote itself once the primary has been silent this long).
     pub pair_lease: Option<Duration>,
+    /// Primary: whether `pair_lease` is known. A primary that blocks on peer
+    /// loss does not know until it meets its secondary (the secondary may
+    /// have promoted itself meanwhile): it answers no reads before that.
+    pub lease_known: bool,
     /// Primary: the lease lasts until then (from when the last heartbeat
     /// the secondary acknowledged was sent).
     pub lease_until: Option<Instant>,
@@ -179,6 +234,11 @@ pub struct Inner {
     pub handed_over: bool,
     /// The epoch of the peer at the last handshake.
     pub peer_epoch: u64,
+    /// The highest epoch this node knows a primary began (its own store's
+    /// aside): a promotion begins a later one.
+    pub known_epoch: u64,
+    /// The epoch of the last primary that accepted this node as secondary.
+    pub accepted_epoch: u64,
     /// Secondary: bytes of blocks applied since the node started.
     pub applied_bytes: u64,
     /// Bytes this node truncated to rejoin since it started.
@@ -232,6 +292,9 @@ impl ReplState {
                 heartbeats: VecDeque::new(),
                 heartbeat_seq: 0,
                 pair_lease: None,
+                // Only a primary that blocks may have a self-promoting peer
+                // (the handshake refuses the other combinations).
+                lease_known: peer_loss != PeerLoss::Block,
                 lease_until: None,
                 last_heard: None,
                 last_heartbeat: 0,
@@ -240,6 +303,8 @@ impl ReplState {
                 switching: false,
                 handed_over: false,
                 peer_epoch: 0,
+                known_epoch: 0,
+                accepted_epoch: 0,
                 applied_bytes: 0,
                 truncated_bytes: 0,
                 promoted: None,
@@ -330,10 +395,17 @@ impl ReplState {
                 s.handed_over = false;
             }
             // Once a secondary that may promote itself was met, the lease
-            // rules this primary until it shuts down.
+            // rules this primary until it shuts down, and it never answers
+            // alone again: a promoted primary waiting for its old primary to
+            // catch up goes back to synchronous mode at once (writes wait for
+            // the catch-up), or that secondary could promote itself over
+            // writes only this node holds (split brain; found by the
+            // simulation, seed 8).
             if peer.auto_failover {
                 s.pair_lease = Some(Duration::from_millis(peer.lease_ms));
+                s.degraded = false;
             }
+            s.lease_known = true;
         });
     }
 
@@ -352,19 +424,38 @@ impl ReplState {
         })
     }
 
-    /// (Primary.) Whether it may answer reads: always, unless its secondary
-    /// may promote itself — then only while the lease lasts.
+    /// (Primary.) Whether it may answer reads: when its secondary does not
+    /// promote itself, or while the lease lasts; never before it knows which
+    /// (see [`Inner::lease_known`]).
     pub fn lease_held(&self) -> bool {
         let s = self.lock();
-        match (s.pair_lease, s.lease_until) {
-            (Some(_), until) => until.is_some_and(|t| t > self.clock.now()),
-            (None, _) => true,
+        match (s.lease_known, s.pair_lease, s.lease_until) {
+            (false, _, _) => false,
+            (true, Some(_), until) => until.is_some_and(|t| t > self.clock.now()),
+            (true, None, _) => true,
         }
     }
 
+    /// The node opened `store`; `record` is the peer record kept with it.
+    pub fn store_opened(&self, store: &lockstep_engine::Store, record: PeerRecord) {
+        let log_end = store.info().log_end;
+        // Answers given alone before a restart: where they end is not
+        // known, so the whole log counts (as the store assumes too).
+        let alone = store.unreplicated_acks();
+        self.update(|s| {
+            s.shipped_end = log_end;
+            if alone {
+                s.alone_end = s.alone_end.max(log_end);
+            }
+            s.primary_committed = s.primary_committed.max(record.commit_position);
+            s.known_epoch = s.known_epoch.max(record.epoch);
+            s.accepted_epoch = s.accepted_epoch.max(record.accepted_epoch);
+        });
+    }
+
     /// (Secondary.) A handshake with the primary `peer` succeeded; this log
-    /// is durable up to `own`.
-    pub fn secondary_session_started(&self, peer: &Hello, own: u64) {
+    /// is durable up to `own`. Returns what to keep in the peer record.
+    pub fn secondary_session_started(&self, peer: &Hello, own: u64) -> PeerRecord {
         let now = self.clock.now();
         self.update(|s| {
             s.peer_durable = peer.log_end;
@@ -373,8 +464,47 @@ impl ReplState {
             s.lag.mark(peer.log_end);
             s.last_heard = Some(now);
             s.last_heartbeat = 0;
-            s.primary_committed = s.primary_committed.max(peer.commit_position);
+            s.accepted_epoch = s.accepted_epoch.max(peer.epoch);
         });
+        self.learn_primary(peer)
+    }
+
+    /// What the Hello of the primary `peer` says about it: its epoch, and
+    /// the position it acknowledged writes up to. Returns what to keep in
+    /// the peer record.
+    pub fn learn_primary(&self, peer: &Hello) -> PeerRecord {
+        self.update(|s| {
+            s.primary_committed = s.primary_committed.max(peer.commit_position);
+            s.known_epoch = s.known_epoch.max(peer.epoch);
+            PeerRecord { epoch: s.known_epoch, commit_position: s.primary_committed, accepted_epoch: s.accepted_epoch }
+        })
+    }
+
+    /// (Secondary.) Why promoting this node (its store at `epoch`, durable
+    /// up to `durable`) could lose acknowledged writes, if it could: it
+    /// lacks writes the primary reported acknowledged, or it learned of a
+    /// newer primary (stepping down) but was never accepted by it since —
+    /// its own tail may hold what that primary discarded, and that
+    /// primary's writes are missing. `--force` promotes anyway.
+    pub fn promotion_risk(&self, epoch: u64, durable: u64) -> Option<String> {
+        let s = self.lock();
+        if durable < s.primary_committed {
+            return Some(format!(
+                "this secondary holds the log up to position {durable}, but the primary reported writes \
+                 acknowledged up to {}: promoting it would lose them; let it catch up, or promote with --force to \
+                 accept the loss",
+                s.primary_committed
+            ));
+        }
+        if s.known_epoch > epoch.max(s.accepted_epoch) {
+            return Some(format!(
+                "this node learned that a primary of epoch {} exists (this store is at epoch {epoch}) but has not \
+                 caught up with it since: promoting it would discard that primary's writes; start that primary so \
+                 this node rejoins it, or promote with --force to accept the loss",
+                s.known_epoch
+            ));
+        }
+        None
     }
 
     /// (Secondary.) Something arrived from the primary.
@@ -432,6 +562,9 @@ impl ReplState {
             s.shipped_end = log_end;
             s.catchup = None;
             s.pair_lease = None;
+            // The newest epoch answers without a lease until a secondary
+            // that may promote itself joins.
+            s.lease_known = true;
             s.lease_until = None;
             s.last_heard = None;
             s.switching = false;
@@ -597,6 +730,32 @@ mod tests {
         assert!(!waiter.is_finished(), "the async lag bound was not enforced");
         state.acknowledge(1, 1);
         assert_eq!(waiter.join().expect("thread"), Ok(Replicated { end: ASYNC_LAG_BYTES_MAX + 1, alone: true }));
+    }
+
+    /// Found by the simulation (seed 0): a primary restarted while its
+    /// secondary was unreachable answered reads — the secondary could have
+    /// promoted itself meanwhile (two primaries answering).
+    #[test]
+    fn a_blocking_primary_reads_only_once_it_knows_its_lease() {
+        let (clock, ms) = Clock::simulated();
+        let state = ReplState::with_clock(SyncLevel::Durable, PeerLoss::Block, clock);
+        assert!(!state.lease_held(), "a primary that never met its secondary answers reads");
+        let mut peer = Hello::example(crate::protocol::Role::Secondary);
+        state.primary_session_started(&peer, 0);
+        assert!(state.lease_held(), "a secondary that does not promote itself needs no lease");
+
+        let state = ReplState::with_clock(SyncLevel::Durable, PeerLoss::Block, state.clock.clone());
+        peer.auto_failover = true;
+        state.primary_session_started(&peer, 0);
+        assert!(!state.lease_held(), "no heartbeat acknowledged yet");
+        let (seq, _) = state.heartbeat_sent();
+        state.renew_lease(seq);
+        assert!(state.lease_held());
+        ms.store(peer.lease_ms, Ordering::SeqCst);
+        assert!(!state.lease_held(), "the lease outlived its term");
+
+        let degrading = ReplState::new(SyncLevel::Durable, PeerLoss::Degrade { after_ms: 100 });
+        assert!(degrading.lease_held(), "a degrading primary never has a self-promoting peer");
     }
 
     #[test]
