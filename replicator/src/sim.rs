@@ -316,6 +316,7 @@ impl Sim {
         self.start(1)?;
         for step in 1..=steps {
             self.step = step;
+            self.report.steps = step;
             self.act()?;
             self.check()?;
         }
@@ -1127,6 +1128,78 @@ fn kind(message: &Message) -> &'static str {
         Message::Heartbeat { .. } => "Heartbeat",
         Message::Handover { .. } => "Handover",
     }
+}
+
+/// Runs `seeds` on every core, printing progress to `progress`; stops at
+/// the first failure. Returns a one-line summary of what ran.
+pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) -> Result<String, SimFailure> {
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let failed = std::sync::Mutex::new(None::<SimFailure>);
+    let totals = std::sync::Mutex::new(SimReport::default());
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(&seed) = seeds.get(i) else { break };
+                if failed.lock().map_or(true, |f| f.is_some()) {
+                    break;
+                }
+                match run(seed, steps) {
+                    Ok(r) => {
+                        if let Ok(mut t) = totals.lock() {
+                            t.steps += r.steps;
+                            t.sim_ms += r.sim_ms;
+                            t.writes_acked += r.writes_acked;
+                            t.crashes += r.crashes;
+                            t.promotions += r.promotions;
+                            t.rejoins += r.rejoins;
+                            t.partitions += r.partitions;
+                            t.messages += r.messages;
+                            t.split_brain_refusals += r.split_brain_refusals;
+                            t.mismatches_refused += r.mismatches_refused;
+                        }
+                    }
+                    Err(failure) => {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(failure);
+                        }
+                    }
+                }
+            });
+        }
+        let mut last = 0;
+        while next.load(Ordering::SeqCst) < seeds.len() as u64 && failed.lock().is_ok_and(|f| f.is_none()) {
+            std::thread::sleep(Duration::from_millis(200));
+            let done = next.load(Ordering::SeqCst).min(seeds.len() as u64);
+            if done / 100 > last / 100 {
+                let _ = writeln!(progress, "{done} / {} seeds ({:.0} s)", seeds.len(), started.elapsed().as_secs_f64());
+                last = done;
+            }
+        }
+    });
+    if let Some(failure) = failed.into_inner().ok().flatten() {
+        return Err(failure);
+    }
+    let t = totals.into_inner().unwrap_or_default();
+    Ok(format!(
+        "{} seeds held every invariant in {:.0} s: {} steps, {:.0} simulated seconds, {} acknowledged writes, {} \
+         messages, {} power cuts, {} partitions, {} promotions, {} rejoins ({} refused as possible split brain, \
+         resolved by export), {} mismatched peers refused",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        t.steps,
+        t.sim_ms as f64 / 1000.0,
+        t.writes_acked,
+        t.messages,
+        t.crashes,
+        t.partitions,
+        t.promotions,
+        t.rejoins,
+        t.split_brain_refusals,
+        t.mismatches_refused
+    ))
 }
 
 /// Seeds to run from the environment: `LOCKSTEP_SIM_SEED` (one seed),

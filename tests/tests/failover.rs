@@ -232,3 +232,21 @@ fn switchover_swaps_roles_both_ways_with_no_write_lost() {
         assert_all_readable(&primary.client, &acked);
     }
 }
+
+/// Found by the simulation: a primary restarted while its secondary was
+/// unreachable answered reads, though that secondary might have promoted
+/// itself meanwhile. Now it answers reads only once it has met its
+/// secondary (and, with an auto-failover secondary, holds the lease).
+#[test]
+fn a_restarted_primary_answers_reads_only_after_meeting_its_secondary() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = init_pair(root.path());
+    let (a_repl, b_repl) = (free_addr(), free_addr());
+    let a = start_node(&a_dir, "primary", &a_repl, &b_repl, &[]);
+    let refused = expect_code(69, ["client", "--addr", &a.client, "get", "k"]);
+    assert!(refused.stderr.contains("has not met its secondary"), "{}", refused.stderr);
+    let b = start_node(&b_dir, "secondary", &b_repl, &a_repl, &["--auto-failover"]);
+    wait_until("the pair connects", &[&a, &b], Duration::from_secs(10), || status(&a.client)["link"] == "connected");
+    expect_code(0, ["client", "--addr", &a.client, "put", "k", "v"]);
+    assert_eq!(expect_code(0, ["client", "--addr", &a.client, "get", "k"]).stdout, "v");
+}
