@@ -1,4 +1,4 @@
-//! Arbitrary bytes as a peer's Hello frame, judged by a primary and by a
+//! Arbitrary bytes as the payload of a peer's Hello, judged by a primary and by a
 //! secondary under every history the primary can find: never a panic, a
 //! refusal always says why, and an acceptance only when every rule holds
 //! (overlapping protocol ranges, same format, store, settings and auth
@@ -7,11 +7,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use lockstep_replicator::handshake::{agreed_version, judge, History};
-use lockstep_replicator::protocol::{decode_frame, Hello, Message, PeerLoss, Role, Verdict};
+use lockstep_replicator::protocol::{Hello, Message, PeerLoss, Role, Verdict, KIND_HELLO};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((kind, payload)) = decode_frame(data) else { return };
-    let Ok(Message::Hello(peer)) = Message::decode(kind, payload) else { return };
+    let Ok(Message::Hello(peer)) = Message::decode(KIND_HELLO, data) else { return };
     for ours in [Hello::example(Role::Primary), Hello::example(Role::Secondary)] {
         for history in [History::Prefix, History::Ahead, History::Diverged, History::Unknown] {
             match judge(&ours, &peer, history) {

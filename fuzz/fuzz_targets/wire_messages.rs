@@ -1,13 +1,22 @@
-//! Arbitrary bytes as a frame from the network: a clean error, or a
-//! replication message / client request / response that encodes back to a
-//! frame decoding to the same value; never a panic.
+//! Arbitrary bytes as one message from the network: the first two bytes
+//! are the frame kind (little endian), the rest its payload, framed with a
+//! valid checksum (so that mutations reach the message decoders rather than
+//! stopping at the frame check). A clean error, or a replication message /
+//! client request / response that encodes back to a frame decoding to the
+//! same value; never a panic. The raw bytes also go to the frame decoder.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lockstep_replicator::protocol::{decode_frame, Message, Request, Response};
+use lockstep_replicator::protocol::{decode_frame, frame, Message, Request, Response, FRAME_PAYLOAD_MAX};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok((kind, payload)) = decode_frame(data) else { return };
+    let _ = decode_frame(data);
+    let Some((kind, payload)) = data.split_first_chunk::<2>() else { return };
+    if payload.len() > FRAME_PAYLOAD_MAX {
+        return;
+    }
+    let framed = frame(u16::from_le_bytes(*kind), payload);
+    let (kind, payload) = decode_frame(&framed).expect("a frame built here decodes");
     if let Ok(message) = Message::decode(kind, payload) {
         let frame = message.encode();
         let (k, p) = decode_frame(&frame).expect("an encoded frame decodes");

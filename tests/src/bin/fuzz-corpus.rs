@@ -12,7 +12,9 @@ use lockstep_engine::format::{
 };
 use lockstep_engine::sim::SimStorage;
 use lockstep_engine::{Fingerprint, Options, Store, WriteBatch};
-use lockstep_replicator::protocol::{Hello, Message, PeerLoss, Request, Response, Role, Verdict, PROOF_LEN};
+use lockstep_replicator::protocol::{
+    Hello, Message, PeerLoss, Request, Response, Role, Verdict, FRAME_HEADER_LEN, PROOF_LEN,
+};
 
 const STORE: StoreId = StoreId([1; 16]);
 
@@ -47,6 +49,17 @@ fn batches() -> Vec<(&'static str, WriteBatch)> {
     let mut delete = WriteBatch::new();
     delete.delete("k");
     vec![("one-put", one), ("batch", many), ("large-value", large), ("delete", delete)]
+}
+
+/// A frame as the wire_messages target takes it: kind (LE u16) ‖ payload.
+fn unframed(frame: &[u8]) -> Vec<u8> {
+    [&frame[4..6], &frame[FRAME_HEADER_LEN..]].concat()
+}
+
+/// A frame as one client_stream chunk: kind (LE u16) ‖ length (LE u16) ‖ payload.
+fn chunk(frame: &[u8]) -> Vec<u8> {
+    let len = (frame.len() - FRAME_HEADER_LEN) as u16;
+    [&frame[4..6], &len.to_le_bytes()[..], &frame[FRAME_HEADER_LEN..]].concat()
 }
 
 struct Corpus(PathBuf);
@@ -108,8 +121,8 @@ fn main() -> Result<()> {
     ];
     for (name, hello) in &hellos {
         let frame = Message::Hello(hello.clone()).encode();
-        corpus.add("handshake", name, &frame)?;
-        corpus.add("wire_messages", name, &frame)?;
+        corpus.add("handshake", name, &frame[FRAME_HEADER_LEN..])?;
+        corpus.add("wire_messages", name, &unframed(&frame))?;
     }
     let messages = [
         ("auth", Message::Auth { proof: [7; PROOF_LEN] }),
@@ -125,7 +138,7 @@ fn main() -> Result<()> {
         ("handover", Message::Handover { position: 96, fingerprint: Fingerprint(9) }),
     ];
     for (name, message) in &messages {
-        corpus.add("wire_messages", name, &message.encode())?;
+        corpus.add("wire_messages", name, &unframed(&message.encode()))?;
     }
     let requests = [
         ("put", Request::Put { key: b"k".to_vec(), value: b"v".to_vec() }),
@@ -136,14 +149,16 @@ fn main() -> Result<()> {
         ("promote", Request::Promote { force: true }),
         ("switchover", Request::Switchover),
     ];
-    let mut session = Vec::new();
+    let (mut raw, mut chunks) = (vec![0u8], vec![1u8]);
     for (name, request) in &requests {
         let frame = request.encode();
-        corpus.add("client_stream", name, &frame)?;
-        corpus.add("wire_messages", &format!("request-{name}"), &frame)?;
-        session.extend_from_slice(&frame);
+        corpus.add("client_stream", name, &[&[1u8][..], &chunk(&frame)].concat())?;
+        corpus.add("wire_messages", &format!("request-{name}"), &unframed(&frame))?;
+        raw.extend_from_slice(&frame);
+        chunks.extend_from_slice(&chunk(&frame));
     }
-    corpus.add("client_stream", "session", &session)?;
+    corpus.add("client_stream", "session-frames", &raw)?;
+    corpus.add("client_stream", "session", &chunks)?;
     let responses = [
         ("done", Response::Done),
         ("value", Response::Value(Some(b"v".to_vec()))),
@@ -152,7 +167,7 @@ fn main() -> Result<()> {
         ("error", Response::Error { code: 75, message: "read-only secondary".into() }),
     ];
     for (name, response) in &responses {
-        corpus.add("wire_messages", &format!("response-{name}"), &response.encode())?;
+        corpus.add("wire_messages", &format!("response-{name}"), &unframed(&response.encode()))?;
     }
     Ok(())
 }
