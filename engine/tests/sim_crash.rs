@@ -7,8 +7,8 @@
 //! Properties: a power cut during any write (unsynced writes kept, lost or
 //! torn per sector), from one writer or several threads; failing writes,
 //! failing fsyncs and a full disk; a bit flipped anywhere in the store's
-//! files, while it is open and at reopen. Cases per property: 1000, or
-//! `LOCKSTEP_PROPTEST_CASES`.
+//! files, while it is open and at reopen; buffered writes and syncs. Cases
+//! per property: 1000, or `LOCKSTEP_PROPTEST_CASES`.
 
 mod common;
 
@@ -315,5 +315,55 @@ fn a_power_cut_while_sealing_a_segment_leaves_a_store_that_opens() {
                 panic!("crash at write {crash_after}, seed {seed}: {e}");
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Buffered writes are answered before they are durable: after a power
+    /// cut the store holds the state after some prefix of the batches —
+    /// never a batch without the ones before it, never half a batch — and
+    /// at least every batch before the last successful `sync`.
+    #[test]
+    fn buffered_writes_survive_as_a_prefix_and_sync_makes_them_durable(
+        seed in any::<u64>(),
+        ops in prop::collection::vec(prop_oneof![4 => batch().prop_map(Some), 1 => Just(None)], 1..40),
+        crash_after in 0u64..200,
+    ) {
+        use lockstep_engine::Durability;
+        let sim = SimStorage::new(seed);
+        sim.trace(true);
+        let options = || Options { durability: Durability::Buffered, ..options(&sim) };
+        let store = Store::open(DIR, options()).expect("open");
+        sim.set_faults(Faults { crash_at_write_after: Some(crash_after), ..Faults::default() });
+        // The state after each answered batch; `synced`: how many of them a
+        // successful sync made durable.
+        let mut states = vec![Model::new()];
+        let mut synced = 0;
+        for op in &ops {
+            let ok = match op {
+                Some(batch) => write(&store, 0, batch).map(|()| {
+                    let mut next = states.last().cloned().unwrap_or_default();
+                    apply(&mut next, 0, batch);
+                    states.push(next);
+                }),
+                None => store.sync().map(|()| synced = states.len() - 1),
+            };
+            if ok.is_err() {
+                break;
+            }
+        }
+        sim.crash();
+        drop(store);
+        sim.set_faults(Faults::default());
+        let reopened = Store::open(DIR, options())
+            .map_err(|e| TestCaseError::fail(format!("reopen: {e}\nwhat the disk saw:\n{}", sim.trace(false).join("\n"))))?;
+        let found = contents(&reopened).expect("scan after reopen");
+        prop_assert!(
+            states[synced..].contains(&found),
+            "the store holds no prefix of the batches that includes the {} a sync made durable ({} answered)",
+            synced, states.len() - 1
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The deterministic simulation (see `lockstep_replicator::sim`): 200 seeds
+//! The deterministic simulation (see `lockstep_replicator::sim`): 300 seeds
 //! here; `LOCKSTEP_SIM_SEEDS=N` (and `LOCKSTEP_SIM_FIRST_SEED`) for more,
 //! `LOCKSTEP_SIM_SEED=S` to replay one. A longer run: `lockstep simulate
 //! --seeds 10000`.
@@ -7,7 +7,7 @@ use lockstep_replicator::sim::{run, run_many, seeds_from_env, STEPS_DEFAULT};
 
 #[test]
 fn every_seed_keeps_every_invariant() {
-    let seeds = seeds_from_env(200);
+    let seeds = seeds_from_env(300);
     match run_many(&seeds, STEPS_DEFAULT, &mut std::io::stderr()) {
         Ok(summary) => println!("{summary}"),
         Err(failure) => panic!("{failure}"),
