@@ -20,6 +20,36 @@ use crate::storage::{LockOutcome, OpenMode, Storage, StorageFile};
 /// The unit a torn write is torn at.
 pub const SECTOR: usize = 512;
 
+/// The simulations' random numbers: xorshift64*, small, fast and the same
+/// on every machine for a given seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform-ish in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True with probability `per_mille` / 1000.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct SimFile {
     /// What a crash keeps for sure.
@@ -53,7 +83,7 @@ struct State {
     next_inode: u64,
     dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
-    rng: u64,
+    rng: Rng,
     faults: Faults,
     /// Set by a crash: handles from before it fail every operation.
     generation: u64,
@@ -62,16 +92,6 @@ struct State {
 }
 
 impl State {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: small, fast, deterministic.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     /// See [`SimStorage::crash`].
     fn crash(&mut self) -> usize {
         self.note(|| "crash".into());
@@ -87,9 +107,9 @@ impl State {
             let mut image = file.durable.clone();
             for (off, bytes) in file.unsynced.drain(..) {
                 pending += 1;
-                let mode = self.next() % 3; // 0: lost, 1: kept, 2: torn
+                let mode = self.rng.next() % 3; // 0: lost, 1: kept, 2: torn
                 for (i, chunk) in bytes.chunks(SECTOR).enumerate() {
-                    if mode == 0 || (mode == 2 && self.next().is_multiple_of(2)) {
+                    if mode == 0 || (mode == 2 && self.rng.next().is_multiple_of(2)) {
                         continue;
                     }
                     let at = off as usize + i * SECTOR;
@@ -154,7 +174,7 @@ impl SimStorage {
             next_inode: 1,
             dirs: BTreeSet::new(),
             locks: BTreeSet::new(),
-            rng: seed | 1,
+            rng: Rng(seed | 1),
             faults: Faults::default(),
             generation: 0,
             trace: None,
@@ -186,6 +206,12 @@ impl SimStorage {
     /// Returns how many unsynced writes there were.
     pub fn crash(&self) -> usize {
         lock(&self.state).crash()
+    }
+
+    /// How many crashes there were (a power cut set up with
+    /// [`Faults::crash_at_write_after`] counts once it happened).
+    pub fn crashes(&self) -> u64 {
+        lock(&self.state).generation
     }
 
     /// Flips bit `bit` of the byte at `offset` in `path` (durably).

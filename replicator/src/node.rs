@@ -434,6 +434,14 @@ impl Shared {
                  primary"
                     .into(),
             )),
+            // A write waits a little for the first handshake (the secondary
+            // may be connecting right now), then is refused: a block written
+            // before could diverge from a secondary that promoted itself.
+            Role::Primary if !self.repl.wait_until_secondary_met(LINK_TIMEOUT) => Err(NodeError::Unavailable(format!(
+                "this primary has not met its secondary at {} since it started, so it cannot tell whether the \
+                     secondary promoted itself meanwhile; writes resume once the secondary is connected",
+                self.config.peer
+            ))),
             Role::Primary => Ok(()),
             Role::Secondary => Err(NodeError::NotPrimary { peer: self.config.peer.clone() }),
         }
@@ -445,7 +453,7 @@ impl Shared {
         if self.role() != Role::Primary || self.repl.lease_held() {
             return Ok(());
         }
-        let reason = if self.repl.lock().lease_known {
+        let reason = if self.repl.lock().secondary_met {
             "this primary's lease expired (no acknowledgement from the secondary within the lease)"
         } else {
             "this primary has not met its secondary since it started, so it cannot tell whether the secondary \

@@ -213,10 +213,12 @@ pub struct Inner {
     /// Primary: the lease, when the secondary runs automatic failover (it
     /// may promote itself once the primary has been silent this long).
     pub pair_lease: Option<Duration>,
-    /// Primary: whether `pair_lease` is known. A primary that blocks on peer
-    /// loss does not know until it meets its secondary (the secondary may
-    /// have promoted itself meanwhile): it answers no reads before that.
-    pub lease_known: bool,
+    /// Primary: whether it has met its secondary since it started (or
+    /// need not: it does not block on peer loss, or it was promoted).
+    /// Before, it answers neither reads nor writes: the secondary may have
+    /// promoted itself meanwhile (and a block written locally then would
+    /// diverge from the new primary's log).
+    pub secondary_met: bool,
     /// Primary: the lease lasts until then (from when the last heartbeat
     /// the secondary acknowledged was sent).
     pub lease_until: Option<Instant>,
@@ -294,7 +296,7 @@ impl ReplState {
                 pair_lease: None,
                 // Only a primary that blocks may have a self-promoting peer
                 // (the handshake refuses the other combinations).
-                lease_known: peer_loss != PeerLoss::Block,
+                secondary_met: peer_loss != PeerLoss::Block,
                 lease_until: None,
                 last_heard: None,
                 last_heartbeat: 0,
@@ -405,7 +407,7 @@ impl ReplState {
                 s.pair_lease = Some(Duration::from_millis(peer.lease_ms));
                 s.degraded = false;
             }
-            s.lease_known = true;
+            s.secondary_met = true;
         });
     }
 
@@ -424,12 +426,27 @@ impl ReplState {
         })
     }
 
+    /// (Primary.) Waits up to `wait` until the node has met its secondary
+    /// since it started (see [`Inner::secondary_met`]); whether it has.
+    pub fn wait_until_secondary_met(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut s = self.lock();
+        while !s.secondary_met {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self.wait(s, left);
+        }
+        true
+    }
+
     /// (Primary.) Whether it may answer reads: when its secondary does not
     /// promote itself, or while the lease lasts; never before it knows which
-    /// (see [`Inner::lease_known`]).
+    /// (see [`Inner::secondary_met`]).
     pub fn lease_held(&self) -> bool {
         let s = self.lock();
-        match (s.lease_known, s.pair_lease, s.lease_until) {
+        match (s.secondary_met, s.pair_lease, s.lease_until) {
             (false, _, _) => false,
             (true, Some(_), until) => until.is_some_and(|t| t > self.clock.now()),
             (true, None, _) => true,
@@ -564,7 +581,7 @@ impl ReplState {
             s.pair_lease = None;
             // The newest epoch answers without a lease until a secondary
             // that may promote itself joins.
-            s.lease_known = true;
+            s.secondary_met = true;
             s.lease_until = None;
             s.last_heard = None;
             s.switching = false;

@@ -234,17 +234,21 @@ fn switchover_swaps_roles_both_ways_with_no_write_lost() {
 }
 
 /// Found by the simulation: a primary restarted while its secondary was
-/// unreachable answered reads, though that secondary might have promoted
-/// itself meanwhile. Now it answers reads only once it has met its
-/// secondary (and, with an auto-failover secondary, holds the lease).
+/// unreachable answered reads, and wrote blocks for writes that then
+/// waited, though that secondary might have promoted itself meanwhile (the
+/// blocks then diverge from the new primary's log). Now it answers neither
+/// until it has met its secondary (a write waits up to 2 s for that).
 #[test]
-fn a_restarted_primary_answers_reads_only_after_meeting_its_secondary() {
+fn a_restarted_primary_answers_only_after_meeting_its_secondary() {
     let root = tempfile::tempdir().expect("tempdir");
     let (a_dir, b_dir) = init_pair(root.path());
     let (a_repl, b_repl) = (free_addr(), free_addr());
     let a = start_node(&a_dir, "primary", &a_repl, &b_repl, &[]);
     let refused = expect_code(69, ["client", "--addr", &a.client, "get", "k"]);
     assert!(refused.stderr.contains("has not met its secondary"), "{}", refused.stderr);
+    let refused = expect_code(69, ["client", "--addr", &a.client, "put", "early", "v"]);
+    assert!(refused.stderr.contains("has not met its secondary"), "{}", refused.stderr);
+    assert_eq!(inspect(&a_dir)["log_end"], 0, "a refused write reached the log");
     let b = start_node(&b_dir, "secondary", &b_repl, &a_repl, &["--auto-failover"]);
     wait_until("the pair connects", &[&a, &b], Duration::from_secs(10), || status(&a.client)["link"] == "connected");
     expect_code(0, ["client", "--addr", &a.client, "put", "k", "v"]);
