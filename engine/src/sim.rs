@@ -30,7 +30,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -41,7 +41,7 @@ impl Rng {
 
     /// Uniform-ish in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     /// True with probability `per_mille` / 1000.
@@ -107,9 +107,9 @@ impl State {
             let mut image = file.durable.clone();
             for (off, bytes) in file.unsynced.drain(..) {
                 pending += 1;
-                let mode = self.rng.next() % 3; // 0: lost, 1: kept, 2: torn
+                let mode = self.rng.next_u64() % 3; // 0: lost, 1: kept, 2: torn
                 for (i, chunk) in bytes.chunks(SECTOR).enumerate() {
-                    if mode == 0 || (mode == 2 && self.rng.next().is_multiple_of(2)) {
+                    if mode == 0 || (mode == 2 && self.rng.next_u64().is_multiple_of(2)) {
                         continue;
                     }
                     let at = off as usize + i * SECTOR;

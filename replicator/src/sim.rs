@@ -268,7 +268,7 @@ impl Sim {
             stalled: (0, 0),
             writes: Vec::new(),
         };
-        let nodes = [node("a", Role::Primary, rng.next()), node("b", Role::Secondary, rng.next())];
+        let nodes = [node("a", Role::Primary, rng.next_u64()), node("b", Role::Secondary, rng.next_u64())];
         Sim {
             rng,
             clock,
