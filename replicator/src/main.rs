@@ -336,8 +336,13 @@ fn main() -> ExitCode {
         }
     };
     // A node logs what it does (connections, catch-up progress); the other
-    // commands only warnings.
-    let level = if matches!(cli.command, Command::Serve { .. }) { tracing::Level::INFO } else { tracing::Level::WARN };
+    // commands only warnings — except the simulation, whose nodes fail on
+    // purpose all the time (a failing seed prints its own trace).
+    let level = match cli.command {
+        Command::Serve { .. } => tracing::level_filters::LevelFilter::INFO,
+        Command::Simulate { .. } => tracing::level_filters::LevelFilter::OFF,
+        _ => tracing::level_filters::LevelFilter::WARN,
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
