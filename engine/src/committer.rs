@@ -819,7 +819,8 @@ impl LogWriter {
     /// A failure poisons the store.
     fn note_alone(&mut self, r: Replicated) -> Result<(), String> {
         if r.alone {
-            self.alone_end = self.alone_end.max(r.end);
+            // Nothing beyond the log is answered, whatever the replica says.
+            self.alone_end = self.alone_end.max(r.end.min(self.position));
         }
         let set = self.superblock.compat_features & COMPAT_UNREPLICATED_ACKS != 0;
         if set == r.alone {

@@ -377,6 +377,49 @@ fn answering_alone_is_recorded_durably_until_the_peer_holds_it() {
     assert!(!store.unreplicated_acks());
 }
 
+/// Found by the simulation: the flag stayed set once the peer had caught up
+/// with every answer given alone if no later write was answered, so a later
+/// rejoin was refused as split brain. `peer_holds` clears it — only once
+/// the position covers every answer given alone (after a reopen: the whole
+/// log, as nothing more precise is known).
+#[test]
+fn the_flag_clears_once_the_peer_holds_every_answer_given_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = std::sync::Arc::new(GatedReplica::default());
+    let options = || Options { replica: Some(replica.clone()), ..small_options() };
+    let store = Store::open(dir.path(), options()).expect("open");
+    replica.update(|g| {
+        g.released = u64::MAX;
+        g.alone = true;
+    });
+    store.put("k", "v").expect("put answered alone");
+    let first = store.info().log_end;
+    store.put("k2", "v").expect("put answered alone");
+    let wait_for = |store: &Store, want: bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.unreplicated_acks() != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        store.unreplicated_acks() == want
+    };
+    store.peer_holds(first);
+    store.sync().expect("sync"); // after the committer took the note
+    assert!(store.unreplicated_acks(), "cleared while the peer lacks an answer given alone");
+    store.peer_holds(store.info().log_end);
+    assert!(wait_for(&store, false), "the flag did not clear once the peer held everything");
+
+    // Set again, then reopened: the whole log counts until the peer holds it.
+    store.put("k3", "v").expect("put answered alone");
+    drop(store);
+    let store = Store::open(dir.path(), options()).expect("reopen");
+    assert!(store.unreplicated_acks());
+    store.peer_holds(first);
+    store.sync().expect("sync");
+    assert!(store.unreplicated_acks(), "after a reopen, a position short of the log end cleared the flag");
+    store.peer_holds(store.info().log_end);
+    assert!(wait_for(&store, false));
+}
+
 #[test]
 fn truncating_a_tail_returns_its_records_and_leaves_a_prefix_that_catches_up() {
     // Two sites in step, then the first writes on alone (a tail the second

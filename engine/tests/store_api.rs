@@ -248,3 +248,32 @@ fn buffered_writes_reach_the_file_within_the_flush_interval() {
     }
     assert_eq!(store.get("a").expect("get").as_deref(), Some(&b"in memory first"[..]));
 }
+
+#[test]
+fn auxiliary_files_are_replaced_whole_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    assert_eq!(store.read_aux_file("peer").expect("read"), None);
+    store.write_aux_file("peer", b"first, longer version").expect("write");
+    store.write_aux_file("peer", b"second").expect("replace");
+    assert!(matches!(store.write_aux_file("../escape", b"x"), Err(Error::InvalidArgument(_))));
+    assert!(matches!(store.write_aux_file("", b"x"), Err(Error::InvalidArgument(_))));
+    drop(store);
+    let store = open_small(dir.path());
+    assert_eq!(store.read_aux_file("peer").expect("read").as_deref(), Some(&b"second"[..]));
+    assert!(dir.path().join("aux-peer").exists());
+    store.close().expect("close");
+    // The store's own checks ignore them.
+    assert_eq!(scan(dir.path()).segments.len(), 1);
+}
+
+#[test]
+fn a_promotion_begins_an_epoch_after_every_one_known() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    assert_eq!(store.promote_past(0).expect("promote"), 2);
+    assert_eq!(store.promote_past(7).expect("promote past a known epoch 7"), 8);
+    assert_eq!(store.promote_past(3).expect("promote"), 9, "an older known epoch lowered the next one");
+    let epochs: Vec<u64> = store.epoch_history().iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, [1, 2, 8, 9]);
+}

@@ -775,6 +775,40 @@ mod tests {
         assert!(degrading.lease_held(), "a degrading primary never has a self-promoting peer");
     }
 
+    /// Found by the simulation: a restarted secondary forgot its primary,
+    /// so an unforced promotion could reuse the other site's epoch or
+    /// discard the writes of a primary it had stepped down for.
+    #[test]
+    fn what_a_secondary_knows_of_its_primary_survives_a_restart_and_guards_promotion() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = lockstep_engine::Options {
+            segment_size: lockstep_engine::format::SEGMENT_SIZE_MIN,
+            ..lockstep_engine::Options::default()
+        };
+        let store = lockstep_engine::Store::open(dir.path(), options.clone()).expect("open");
+        assert_eq!(PeerRecord::load(&store), Ok(PeerRecord::default()));
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block);
+        let mut primary = Hello::example(crate::protocol::Role::Primary);
+        (primary.epoch, primary.commit_position) = (3, 500);
+        // Stepped down on meeting it: known, not accepted.
+        state.learn_primary(&primary).save(&store).expect("save");
+        drop(store);
+
+        let store = lockstep_engine::Store::open(dir.path(), options).expect("reopen");
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block);
+        state.store_opened(&store, PeerRecord::load(&store).expect("load"));
+        let risk = state.promotion_risk(1, 600).expect("a stepped-down node is not promotable");
+        assert!(risk.contains("epoch 3"), "{risk}");
+        assert!(state.promotion_risk(1, 400).expect("behind").contains("acknowledged up to 500"));
+        // Accepted by that primary since: promotable.
+        state.secondary_session_started(&primary, 600).save(&store).expect("save");
+        assert_eq!(state.promotion_risk(1, 600), None);
+        assert_eq!(store.promote_past(state.lock().known_epoch).expect("promote"), 4);
+        // A damaged record stops the node rather than being ignored.
+        std::fs::write(dir.path().join("aux-peer"), b"{not json").expect("damage");
+        assert!(PeerRecord::load(&store).expect_err("damaged").contains("damaged"));
+    }
+
     #[test]
     fn the_ring_keeps_recent_blocks_within_its_byte_bound() {
         let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block);
