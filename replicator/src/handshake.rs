@@ -120,7 +120,9 @@ fn refusal(ours: &Hello, peer: &Hello, history: History) -> Option<String> {
         History::Prefix | History::Unknown => None,
         History::Ahead => Some(format!(
             "the secondary's log ends at position {} (fingerprint {}), beyond the primary's end {} (fingerprint {}): \
-             it holds writes the primary does not; inspect both with `lockstep inspect` before anything is discarded",
+             it holds writes the primary does not. If the primary lost its last blocks in a power cut, the secondary \
+             takes over (with --auto-failover, or `lockstep promote` it) and this node rejoins it when started \
+             again; otherwise inspect both with `lockstep inspect` before anything is discarded",
             secondary.log_end, secondary.fingerprint, primary.log_end, primary.fingerprint
         )),
         History::Diverged => Some(format!(
@@ -191,6 +193,20 @@ pub fn primary_verdict(store: &Store, ours: &Hello, peer: &Hello) -> lockstep_en
         (Verdict::Accept { .. }, Some(rejoin)) => rejoin,
         (verdict, _) => verdict,
     })
+}
+
+/// (On a secondary holding `store`, whose Hello is `ours`.) Whether the
+/// primary of the same epoch is behind this log with its log a strict
+/// prefix of it: the primary lost blocks this node holds (it ships a block
+/// before writing it, and a power cut hit that write). None of them was
+/// acknowledged — the primary answers only after its own write — and this
+/// node holds everything the primary has: it should take over.
+pub fn primary_lost_blocks(store: &Store, ours: &Hello, primary: &Hello) -> bool {
+    primary.role == Role::Primary
+        && ours.role == Role::Secondary
+        && primary.epoch == ours.epoch
+        && primary.log_end < ours.log_end
+        && store.fingerprint_at(primary.log_end).ok().flatten() == Some(primary.fingerprint)
 }
 
 /// Whether a node told to rejoin from `position` may cut its log there.

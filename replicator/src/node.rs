@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use lockstep_engine::{Error, LogBlock, Options, Store, StoreInfo, WriteBatch, FORMAT_VERSION};
 
 use crate::auth::AuthKey;
-use crate::handshake::{check_rejoin, describe, judge, primary_verdict, History, RejoinCheck};
+use crate::handshake::{check_rejoin, describe, judge, primary_lost_blocks, primary_verdict, History, RejoinCheck};
 use crate::protocol::{
     read_frame, Hello, Message, PeerLoss, Request, Response, Role, SyncLevel, Verdict, FRAME_PAYLOAD_MAX, NONCE_LEN,
     PROOF_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, SCAN_PAGE_ITEMS_MAX,
@@ -588,6 +588,24 @@ impl Shared {
         match (verdict, theirs) {
             (Verdict::Refuse { reason }, _) => Err(SessionEnd::Refused(reason)),
             (_, Verdict::Refuse { reason }) => {
+                if primary_lost_blocks(&self.store(), &ours, &peer) {
+                    let why = format!(
+                        "the primary's log ends at {} in epoch {}, before this node's ({}): it lost blocks it had \
+                         shipped (a power cut during its write); none was acknowledged, and this node holds \
+                         everything the primary has — {}",
+                        peer.log_end,
+                        peer.epoch,
+                        ours.log_end,
+                        if self.config.auto_failover {
+                            "it promotes itself after the lease"
+                        } else {
+                            "promote it with `lockstep promote`"
+                        }
+                    );
+                    tracing::warn!("{why}");
+                    self.repl.primary_behind(&why);
+                    return Err(SessionEnd::Retry(why));
+                }
                 Err(SessionEnd::Refused(format!("the peer refused this node: {reason}")))
             }
             (Verdict::Rejoin { position, .. }, _) => {
@@ -644,12 +662,7 @@ impl Shared {
     }
 
     fn accepted(&self, peer: &Hello) {
-        self.repl.update(|s| {
-            s.peer_epoch = peer.epoch;
-            s.link = Link::Connected;
-            s.refusal = None;
-            s.accepted_once = true;
-        });
+        self.repl.accepted(peer);
     }
 
     // ---- roles -------------------------------------------------------------------

@@ -382,6 +382,16 @@ impl ReplState {
 
     // ---- transitions shared by the node's threads and the simulator ---------------
 
+    /// A handshake with `peer` succeeded (either role).
+    pub fn accepted(&self, peer: &Hello) {
+        self.update(|s| {
+            s.peer_epoch = peer.epoch;
+            s.link = Link::Connected;
+            s.refusal = None;
+            s.accepted_once = true;
+        });
+    }
+
     /// (Primary.) A handshake with `peer` succeeded; this log is durable up
     /// to `durable`.
     pub fn primary_session_started(&self, peer: &Hello, durable: u64) {
@@ -528,6 +538,18 @@ impl ReplState {
     pub fn heard_from_primary(&self) {
         // The failover watcher polls this; nobody needs waking.
         self.lock().last_heard = Some(self.clock.now());
+    }
+
+    /// (Secondary.) The primary lost blocks this node holds (see
+    /// `handshake::primary_lost_blocks`): it is refused, and counts as
+    /// silent from now on, so that automatic failover promotes this node
+    /// after the lease (it holds everything the primary has).
+    pub fn primary_behind(&self, why: &str) {
+        let now = self.clock.now();
+        self.update(|s| {
+            s.last_heard.get_or_insert(now);
+            s.refusal = Some(why.to_string());
+        });
     }
 
     /// (Secondary.) Whether the primary has been silent for `wait` since

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use lockstep_engine::sim::{Faults, Rng, SimStorage};
 use lockstep_engine::{Fingerprint, LogBlock, Options, Store, StoreId};
 
-use crate::handshake::{check_rejoin, describe, judge, primary_verdict, History, RejoinCheck};
+use crate::handshake::{check_rejoin, describe, judge, primary_lost_blocks, primary_verdict, History, RejoinCheck};
 use crate::node::{HEARTBEAT_INTERVAL, LINK_TIMEOUT, RECONNECT_BACKOFF, REFUSED_RETRY};
 use crate::protocol::{decode_frame, Hello, Message, PeerLoss, Role, SyncLevel, Verdict};
 use crate::repl::{Clock, PeerRecord, ReplState};
@@ -78,9 +78,9 @@ pub struct SimReport {
     pub refusals: u64,
     /// Power cuts during a write (the block shipped, its local write cut).
     pub cut_writes: u64,
-    /// Pairs stuck with the secondary ahead of its primary, resolved by
-    /// the operator promoting the secondary (a known gap, docs/TESTING.md).
-    pub operator_promotions: u64,
+    /// Handshakes where the primary had lost blocks its secondary held (the
+    /// secondary then takes over after the lease).
+    pub primary_behind: u64,
     pub log_end: u64,
 }
 
@@ -376,8 +376,14 @@ impl Sim {
     /// A power cut on node `n`'s machine.
     fn crash(&mut self, n: usize) -> Check {
         self.report.crashes += 1;
+        self.stop(n, true)
+    }
+
+    /// Node `n` stops: after a power cut, or because it exited (refused at
+    /// start-up). Waiting writes fail; none may have been answered.
+    fn stop(&mut self, n: usize, power_cut: bool) -> Check {
         let node = &mut self.nodes[n];
-        let pending = node.disk.crash();
+        let pending = if power_cut { node.disk.crash() } else { 0 };
         node.repl.update(|s| s.closing = true);
         let writes = std::mem::take(&mut node.writes);
         let name = node.name;
@@ -393,7 +399,10 @@ impl Sim {
         let node = &mut self.nodes[n];
         node.store = None; // every thread of the store has finished
         node.conn = None;
-        self.note(format!("power cut on {name} ({pending} unsynced writes kept, lost or torn)"));
+        self.note(match power_cut {
+            true => format!("power cut on {name} ({pending} unsynced writes kept, lost or torn)"),
+            false => format!("{name} exits (refused before any accepted handshake)"),
+        });
         Ok(())
     }
 
@@ -769,15 +778,29 @@ impl Sim {
             }
             // As the node does: log it, retry later. A refusal that never
             // resolves shows when the pair does not converge.
+            // As the node does: a node that never had a handshake accepted
+            // since it started exits (76); one that had retries later. The
+            // secondary of a primary that lost blocks it holds goes on, and
+            // takes over after the lease.
             (Verdict::Refuse { reason }, _) | (_, Verdict::Refuse { reason }) => {
                 self.report.refusals += 1;
-                self.nodes[p].dial_at = self.now + REFUSED_RETRY.as_millis() as u64;
                 let note = format!(
                     "the pair refuses to connect (epochs {} and {}, log ends {} and {}): {reason}",
                     ours.epoch, theirs.epoch, ours.log_end, theirs.log_end
                 );
                 self.note(note.clone());
                 self.last_refusal = Some(note);
+                self.nodes[p].dial_at = self.now + REFUSED_RETRY.as_millis() as u64;
+                let behind = primary_lost_blocks(self.nodes[s].store()?, &theirs, &ours);
+                if behind {
+                    self.report.primary_behind += 1;
+                    self.nodes[s].repl.primary_behind(&reason);
+                }
+                for (n, exits) in [(p, true), (s, !behind)] {
+                    if exits && !self.nodes[n].repl.lock().accepted_once {
+                        self.stop(n, false)?;
+                    }
+                }
                 Ok(())
             }
             (verdict, answer) => Err(format!("unexpected verdicts {verdict:?} / {answer:?}")),
@@ -811,10 +834,7 @@ impl Sim {
             let node = &mut self.nodes[n];
             node.conn = Some(conn);
             node.heard_ms = now;
-            node.repl.update(|st| {
-                st.peer_epoch = peer.epoch;
-                st.link = crate::repl::Link::Connected;
-            });
+            node.repl.accepted(peer);
         }
         self.nodes[p].repl.primary_session_started(theirs, durable);
         let record = self.nodes[s].repl.secondary_session_started(ours, own);
@@ -825,7 +845,8 @@ impl Sim {
         node.stalled = (theirs.log_end, now);
         let (pn, sn) = (self.nodes[p].name, self.nodes[s].name);
         self.note(format!("{pn} connects to {sn} (conn {conn}); {sn} holds {}, {pn} {durable}", theirs.log_end));
-        Ok(())
+        // What the secondary holds may answer waiting writes.
+        self.settle(p)
     }
 
     /// The primary told node `s` to rejoin from `position`: check, cut the
@@ -1055,9 +1076,10 @@ impl Sim {
         Ok(())
     }
 
-    /// Faults end: the network heals, every node runs; within the
-    /// convergence time the pair must be connected with identical logs and
-    /// every acknowledged write readable on both.
+    /// Faults end: the network heals, every node runs (one that exits is
+    /// started again); within the convergence time the pair must be
+    /// connected with identical logs and every acknowledged write readable
+    /// on both.
     fn converge(&mut self) -> Check {
         self.partitioned = false;
         self.net = NetFaults { latency_max: 2, drop: 0, duplicate: 0, reorder: 0 };
@@ -1068,15 +1090,18 @@ impl Sim {
             }
         }
         let deadline = self.now + CONVERGE_MS;
-        let mut operator_acted = false;
         while self.now < deadline {
             self.advance(10)?;
             if self.converged()? {
                 return self.check_all_acked();
             }
-            if !operator_acted && self.now + CONVERGE_MS / 2 >= deadline {
-                operator_acted = true;
-                self.operator_resolves_a_secondary_ahead()?;
+            // A node that exited is started again, as a service manager would.
+            if self.now % 500 < 10 {
+                for n in 0..2 {
+                    if self.nodes[n].store.is_none() {
+                        self.start(n)?;
+                    }
+                }
             }
         }
         let states: Vec<String> = (0..2)
@@ -1098,29 +1123,6 @@ impl Sim {
             states.join("; "),
             self.last_refusal.as_deref().unwrap_or("none")
         ))
-    }
-
-    /// Known gap (docs/TESTING.md): when the primary lost blocks it had
-    /// shipped (a power cut during its local write) and the secondary kept
-    /// them, both in the same epoch, the handshake refuses the secondary as
-    /// ahead of the primary and the pair stays apart (unless automatic
-    /// failover fires first). The operator resolves it by promoting the
-    /// secondary — it holds everything the primary has and more; the old
-    /// primary then rejoins it. Safety is still checked: nothing
-    /// acknowledged may be lost.
-    fn operator_resolves_a_secondary_ahead(&mut self) -> Check {
-        let ahead = self.last_refusal.as_deref().is_some_and(|r| r.contains("beyond the primary's end"));
-        let Some(p) = self.primary() else { return Ok(()) };
-        let s = 1 - p;
-        if !ahead || self.nodes[s].store.is_none() || self.nodes[s].role != Role::Secondary {
-            return Ok(());
-        }
-        self.report.operator_promotions += 1;
-        // The old primary stops first, as the operator would stop it.
-        self.crash(p)?;
-        self.promote(s, "the operator (secondary ahead of its primary)")?;
-        self.nodes[p].role = Role::Secondary;
-        self.start(p)
     }
 
     fn converged(&self) -> Result<bool, String> {
@@ -1221,7 +1223,7 @@ pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) ->
                             t.messages += r.messages;
                             t.split_brain_refusals += r.split_brain_refusals;
                             t.cut_writes += r.cut_writes;
-                            t.operator_promotions += r.operator_promotions;
+                            t.primary_behind += r.primary_behind;
                             t.mismatches_refused += r.mismatches_refused;
                         }
                     }
@@ -1250,8 +1252,8 @@ pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) ->
     Ok(format!(
         "{} seeds held every invariant in {:.0} s: {} steps, {:.0} simulated seconds, {} acknowledged writes, {} \
          messages, {} power cuts ({} during a write), {} partitions, {} promotions, {} rejoins ({} refused as \
-         possible split brain, resolved by export), {} pairs stuck with the secondary ahead (resolved by promoting \
-         it), {} mismatched peers refused",
+         possible split brain, resolved by export), {} primaries found behind their secondary (which took over), \
+         {} mismatched peers refused",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         t.steps,
@@ -1264,7 +1266,7 @@ pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) ->
         t.promotions,
         t.rejoins,
         t.split_brain_refusals,
-        t.operator_promotions,
+        t.primary_behind,
         t.mismatches_refused
     ))
 }

@@ -254,3 +254,56 @@ fn a_restarted_primary_answers_only_after_meeting_its_secondary() {
     expect_code(0, ["client", "--addr", &a.client, "put", "k", "v"]);
     assert_eq!(expect_code(0, ["client", "--addr", &a.client, "get", "k"]).stdout, "v");
 }
+
+/// Found by the simulation: a primary ships a block before writing it, so
+/// a power cut can leave the secondary holding blocks the primary lost.
+/// Both restarted, the secondary was refused as "ahead" and both `serve`s
+/// exited 76 (a refusal before any accepted handshake): the pair stayed
+/// down. Now the secondary sees that the primary's log is a strict prefix
+/// of its own in the same epoch, keeps running and, with --auto-failover,
+/// takes over after the lease; the old primary (which still refuses and
+/// exits) rejoins it when started again, and nothing is lost.
+#[test]
+fn a_secondary_holding_blocks_its_primary_lost_takes_over() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = init_pair(root.path());
+    let (a_repl, b_repl) = (free_addr(), free_addr());
+    let auto = ["--auto-failover", "--lease", "300ms"];
+    let mut b = start_node(&b_dir, "secondary", &b_repl, &a_repl, &auto);
+    let mut a = start_node(&a_dir, "primary", &a_repl, &b_repl, &[]);
+    for i in 0..3 {
+        expect_code(0, ["client", "--addr", &a.client, "put", &format!("k{i}"), "v"]);
+    }
+    let cut = status(&a.client)["log_end"].as_u64().expect("log end");
+    for i in 3..6 {
+        expect_code(0, ["client", "--addr", &a.client, "put", &format!("k{i}"), "v"]);
+    }
+    for node in [&mut a, &mut b] {
+        node.signal("-TERM");
+        assert_eq!(node.wait_exit(Duration::from_secs(10)), Some(0));
+    }
+    // The primary loses its last blocks (as a power cut during their write would).
+    let export = root.path().join("lost.jsonl");
+    expect_code(0, ["rejoin", p(&a_dir), "--export", p(&export), "--position", &cut.to_string()]);
+
+    let b = start_node(&b_dir, "secondary", &b_repl, &a_repl, &auto);
+    let (code, log) =
+        serve_until_exit(&node_args(&a_dir, "primary", &a_repl, &b_repl, &[]), &root.path().join("a1.log"));
+    assert_eq!(code, Some(76), "{log}");
+    assert!(log.contains("beyond the primary's end"), "{log}");
+    wait_until("the secondary takes over", &[&b], Duration::from_secs(10), || status(&b.client)["role"] == "primary");
+    // Started again as it was (as a service manager would): it meets the
+    // newer primary, steps down and rejoins.
+    let a = start_node(&a_dir, "primary", &a_repl, &b_repl, &[]);
+    wait_until("the secondary takes over and the old primary rejoins it", &[&a, &b], Duration::from_secs(20), || {
+        let status = |addr: &str| Client::connect(addr).and_then(|mut c| c.status()).ok();
+        let (Some(sa), Some(sb)) = (status(&a.client), status(&b.client)) else { return false };
+        sb["role"] == "primary"
+            && sa["role"] == "secondary"
+            && sa["log_end"] == sb["log_end"]
+            && sb["link"] == "connected"
+    });
+    for i in 0..6 {
+        assert_eq!(expect_code(0, ["client", "--addr", &a.client, "get", &format!("k{i}")]).stdout, "v");
+    }
+}
