@@ -258,12 +258,54 @@ impl Store {
         }
         files::remove_temporaries(&*storage, &dir)?;
         let index = Index::new();
-        let report = recovery::scan(&*storage, &dir, false, &mut |r| {
-            let loc = Loc { segment: r.segment, offset: r.file_offset, len: r.len };
-            index.set(r.key, (r.kind == RECORD_KIND_PUT).then_some(loc));
-        })?;
+        let scan = || {
+            recovery::scan(&*storage, &dir, false, &mut |r| {
+                let loc = Loc { segment: r.segment, offset: r.file_offset, len: r.len };
+                index.set(r.key, (r.kind == RECORD_KIND_PUT).then_some(loc));
+            })
+        };
+        let mut report = scan()?;
         Self::repair(&*storage, &dir, &report)?;
+        if Self::unroll(&*storage, &dir, &mut report)? {
+            report = scan()?;
+        }
         Self::start(dir, storage, &options, report, index, guard)
+    }
+
+    /// Undoes a segment roll that no block followed (a crash between the
+    /// roll and the block that caused it): an empty last segment is
+    /// removed (with a spare after it) and a sealed last segment is
+    /// unsealed, so that it takes the next block if that fits. Which
+    /// segment a block goes to is then decided with the block — by this
+    /// site if it is the primary, by the block's segment number if it is
+    /// received — and both sites' segment layouts stay identical whatever
+    /// a crash interrupted. (Found by the simulation: a primary whose roll
+    /// survived a crash without its block had a segment its new primary
+    /// never started, and refused every block from it.) Returns whether a
+    /// segment was removed (the log must be scanned again).
+    fn unroll(storage: &dyn Storage, dir: &Path, report: &mut ScanReport) -> Result<bool> {
+        let removed = match report.segments.as_slice() {
+            [.., _, last] if last.blocks == 0 => {
+                let doomed = [Some(last.number), report.spare].into_iter().flatten();
+                for path in doomed.map(|n| files::segment_path(dir, n)) {
+                    storage.remove_file(&path).map_err(Error::io(format!("removing {}", path.display())))?;
+                }
+                storage.sync_dir(dir).map_err(Error::io(format!("syncing {}", dir.display())))?;
+                tracing::warn!(segment = %last.path.display(), "removed a segment no block was written to");
+                report.segments.pop();
+                report.spare = None;
+                true
+            }
+            _ => false,
+        };
+        if let Some(last) = report.segments.last_mut().filter(|s| s.sealed) {
+            let file = storage.open(&last.path, OpenMode::ReadWrite).map_err(Error::io("opening the last segment"))?;
+            file.write_all_at(&vec![0u8; SEAL_REGION as usize], report.superblock.segment_size - SEAL_REGION)
+                .and_then(|()| file.sync_data())
+                .map_err(Error::io(format!("unsealing {}", last.path.display())))?;
+            last.sealed = false;
+        }
+        Ok(removed)
     }
 
     /// Creates a new store in `dir` (missing or empty) and returns its id.

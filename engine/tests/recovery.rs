@@ -212,12 +212,9 @@ fn reads_verify_checksums_and_never_return_damaged_values() {
     assert_eq!(err.exit_code(), 65);
 }
 
-#[test]
-fn sealed_last_segment_without_a_successor_gets_one() {
-    // A crash after sealing a segment and before creating the next one.
-    let dir = tempfile::tempdir().expect("tempdir");
-    three_blocks(dir.path());
-    let report = scan(dir.path());
+/// Seals the last segment of the closed store in `dir` as a roll does.
+fn seal_last_segment(dir: &std::path::Path) -> lockstep_engine::recovery::ScanReport {
+    let report = scan(dir);
     let seg = report.segments.last().expect("segment");
     let data = read_at(&seg.path, SEGMENT_HEADER_REGION, (report.log_end - seg.header.first_position) as usize);
     let seal = format::Seal {
@@ -228,16 +225,63 @@ fn sealed_last_segment_without_a_successor_gets_one() {
         fingerprint: report.fingerprint,
     };
     write_at(&seg.path, SMALL_SEGMENT - SEAL_REGION, &seal.encode(&report.superblock.store_id));
-    assert!(scan(dir.path()).segments[0].sealed);
+    assert!(scan(dir).segments.last().expect("segment").sealed);
+    report
+}
+
+/// A crash after sealing a segment and before the block that made the
+/// roll: the segment is unsealed at open and takes the next block if it
+/// fits — which segment a block goes to is decided with the block, so a
+/// peer that never rolled there keeps the same layout.
+#[test]
+fn a_sealed_last_segment_is_unsealed_and_takes_the_next_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    three_blocks(dir.path());
+    seal_last_segment(dir.path());
 
     let store = open_small(dir.path());
-    assert_eq!(store.info().segments, 2);
-    store.put("d", "in the new segment").expect("put");
+    assert_eq!(store.info().segments, 1);
+    store.put("d", "in the same segment").expect("put");
     store.close().expect("close");
     let report = scan(dir.path());
-    assert_eq!(report.segments.len(), 2);
-    assert!(report.segments[0].sealed && !report.segments[1].sealed);
-    assert_eq!(report.segments[1].records, 1);
+    assert_eq!(report.segments.len(), 1);
+    assert!(!report.segments[0].sealed);
+    assert_eq!(report.segments[0].records, 4);
+}
+
+/// Found by the simulation: a crash after a roll and before its block left
+/// an empty segment that a peer which never rolled there does not have;
+/// every block from that peer was refused ("for segment 0, but the active
+/// segment is 1"). The empty segment is removed at open.
+#[test]
+fn an_empty_segment_left_by_a_roll_is_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    three_blocks(dir.path());
+    let report = seal_last_segment(dir.path());
+    let seg = report.segments.last().expect("segment");
+    let header = format::SegmentHeader {
+        format_version: FORMAT_VERSION,
+        checksum_algorithm: format::CHECKSUM_ALGORITHM,
+        store_id: report.superblock.store_id,
+        segment_number: seg.number + 1,
+        first_position: report.log_end,
+        segment_size: SMALL_SEGMENT,
+        start_fingerprint: report.fingerprint,
+        epoch: report.superblock.epoch,
+    };
+    let next = dir.path().join(format::segment_file_name(seg.number + 1));
+    let mut file = vec![0u8; SMALL_SEGMENT as usize];
+    file[..format::SEGMENT_HEADER_LEN].copy_from_slice(&header.encode());
+    std::fs::write(&next, file).expect("write the empty segment");
+    assert_eq!(scan(dir.path()).segments.len(), 2);
+
+    let store = open_small(dir.path());
+    assert_eq!(store.info().segments, 1);
+    store.put("d", "in the first segment").expect("put");
+    store.close().expect("close");
+    let report = scan(dir.path());
+    assert_eq!((report.segments.len(), report.segments[0].records), (1, 4));
+    assert!(!next.exists());
 }
 
 #[test]
