@@ -776,8 +776,6 @@ impl Sim {
             (Verdict::Rejoin { position, fingerprint }, Verdict::Accept { .. }) => {
                 self.rejoin(s, &ours, position, fingerprint)
             }
-            // As the node does: log it, retry later. A refusal that never
-            // resolves shows when the pair does not converge.
             // As the node does: a node that never had a handshake accepted
             // since it started exits (76); one that had retries later. The
             // secondary of a primary that lost blocks it holds goes on, and
