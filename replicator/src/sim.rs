@@ -84,6 +84,54 @@ pub struct SimReport {
     pub log_end: u64,
 }
 
+impl SimReport {
+    /// Adds `other`'s counts to these (for a summary of many seeds).
+    pub fn add(&mut self, other: &SimReport) {
+        let SimReport {
+            seed: _,
+            steps,
+            sim_ms,
+            writes_acked,
+            writes_acked_alone,
+            writes_failed,
+            messages,
+            crashes,
+            promotions,
+            rejoins,
+            demotions,
+            partitions,
+            session_resets,
+            mismatches_refused,
+            split_brain_refusals,
+            refusals,
+            cut_writes,
+            primary_behind,
+            log_end: _,
+        } = other;
+        self.steps += steps;
+        self.sim_ms += sim_ms;
+        for (total, n) in [
+            (&mut self.writes_acked, writes_acked),
+            (&mut self.writes_acked_alone, writes_acked_alone),
+            (&mut self.writes_failed, writes_failed),
+            (&mut self.messages, messages),
+            (&mut self.crashes, crashes),
+            (&mut self.promotions, promotions),
+            (&mut self.rejoins, rejoins),
+            (&mut self.demotions, demotions),
+            (&mut self.partitions, partitions),
+            (&mut self.session_resets, session_resets),
+            (&mut self.mismatches_refused, mismatches_refused),
+            (&mut self.split_brain_refusals, split_brain_refusals),
+            (&mut self.refusals, refusals),
+            (&mut self.cut_writes, cut_writes),
+            (&mut self.primary_behind, primary_behind),
+        ] {
+            *total += n;
+        }
+    }
+}
+
 /// An invariant that did not hold, with what led to it.
 #[derive(Debug, Clone)]
 pub struct SimFailure {
@@ -1211,18 +1259,7 @@ pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) ->
                 match run(seed, steps) {
                     Ok(r) => {
                         if let Ok(mut t) = totals.lock() {
-                            t.steps += r.steps;
-                            t.sim_ms += r.sim_ms;
-                            t.writes_acked += r.writes_acked;
-                            t.crashes += r.crashes;
-                            t.promotions += r.promotions;
-                            t.rejoins += r.rejoins;
-                            t.partitions += r.partitions;
-                            t.messages += r.messages;
-                            t.split_brain_refusals += r.split_brain_refusals;
-                            t.cut_writes += r.cut_writes;
-                            t.primary_behind += r.primary_behind;
-                            t.mismatches_refused += r.mismatches_refused;
+                            t.add(&r);
                         }
                     }
                     Err(failure) => {
