@@ -34,7 +34,11 @@ fn create_atomically(
     zero_fill: bool,
 ) -> Result<Arc<dyn StorageFile>> {
     let path = dir.join(name);
-    let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+    // A name of its own per call: two threads replacing the same file never
+    // write, rename or remove each other's temporary.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{name}.{}-{n}{TMP_SUFFIX}", std::process::id()));
     if storage.exists(&tmp).map_err(io_at("checking", &tmp))? {
         storage.remove_file(&tmp).map_err(io_at("removing", &tmp))?;
     }

@@ -45,6 +45,10 @@ pub const SUPERBLOCK_COPY_LEN: usize = 4096;
 pub const SUPERBLOCK_FILE_LEN: usize = SUPERBLOCK_COPIES * SUPERBLOCK_COPY_LEN;
 /// Most epochs (promotions) one store's history can record.
 pub const EPOCH_HISTORY_MAX: usize = 200;
+/// The highest epoch a store may begin. Far beyond any real number of
+/// promotions, and far below `u64::MAX`: an epoch learned from a peer is
+/// bounded by it, so `epoch + 1` can never wrap.
+pub const EPOCH_MAX: u64 = 1 << 48;
 
 /// Bytes reserved at the start of a segment file for its header.
 pub const SEGMENT_HEADER_REGION: u64 = 4096;

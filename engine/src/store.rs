@@ -580,6 +580,14 @@ impl Store {
     /// promotions never share an epoch number.
     pub fn promote_past(&self, known_epoch: u64) -> Result<u64> {
         self.check_poisoned()?;
+        let epoch = self.info().epoch.max(known_epoch);
+        if epoch >= crate::format::EPOCH_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "cannot begin an epoch after {epoch}: epochs end at {} (a peer that claims such an epoch is not \
+                 believed); nothing was changed",
+                crate::format::EPOCH_MAX
+            )));
+        }
         let (reply, done) = crossbeam_channel::bounded(1);
         self.send(Cmd::Promote(known_epoch, reply))?;
         done.recv().unwrap_or(Err(Error::Closed))

@@ -8,6 +8,7 @@ use std::path::Path;
 use lockstep_engine::{Fingerprint, Store, StoreInfo};
 
 use crate::protocol::{Hello, PeerLoss, Role, Verdict};
+use crate::session::LogView;
 
 /// What the primary found when it looked up the secondary's log end in its
 /// own log.
@@ -166,8 +167,8 @@ pub fn divergence_point(primary: &Hello, secondary: &Hello) -> Option<u64> {
 }
 
 /// Where the secondary's log stands against the primary's `store`.
-pub fn history(store: &Store, peer: &Hello) -> lockstep_engine::Result<History> {
-    if peer.log_end > store.info().durable_end {
+pub fn history(store: &dyn LogView, peer: &Hello) -> lockstep_engine::Result<History> {
+    if peer.log_end > store.durable_end() {
         return Ok(History::Ahead);
     }
     Ok(match store.fingerprint_at(peer.log_end)? {
@@ -180,7 +181,7 @@ pub fn history(store: &Store, peer: &Hello) -> lockstep_engine::Result<History> 
 /// Hello: [`judge`]'s, except that a compatible secondary of an older epoch
 /// holding a tail after the point where a newer epoch began here is told to
 /// rejoin from there.
-pub fn primary_verdict(store: &Store, ours: &Hello, peer: &Hello) -> lockstep_engine::Result<Verdict> {
+pub fn primary_verdict(store: &dyn LogView, ours: &Hello, peer: &Hello) -> lockstep_engine::Result<Verdict> {
     let mut rejoin = None;
     let history = match divergence_point(ours, peer) {
         Some(position) if peer.log_end > position => {
@@ -201,7 +202,7 @@ pub fn primary_verdict(store: &Store, ours: &Hello, peer: &Hello) -> lockstep_en
 /// before writing it, and a power cut hit that write). None of them was
 /// acknowledged — the primary answers only after its own write — and this
 /// node holds everything the primary has: it should take over.
-pub fn primary_lost_blocks(store: &Store, ours: &Hello, primary: &Hello) -> bool {
+pub fn primary_lost_blocks(store: &dyn LogView, ours: &Hello, primary: &Hello) -> bool {
     primary.role == Role::Primary
         && ours.role == Role::Secondary
         && primary.epoch == ours.epoch

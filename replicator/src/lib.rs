@@ -9,6 +9,8 @@
 //! * [`protocol`], [`handshake`], [`auth`]: frames, compatibility rules,
 //!   peer authentication; [`repl`]: acknowledgement watermarks and the
 //!   sync-level and peer-loss rules.
+//! * [`session`]: the link's decisions as pure state machines (handshake,
+//!   per-frame authentication), driven by the node and the simulator.
 //! * [`drill`]: `lockstep drill`, the failover harness; [`rejoin`]: export
 //!   and cut a former primary's divergent tail.
 //! * [`proxy::FaultProxy`]: a fault-injecting TCP proxy for tests and drills;
@@ -28,4 +30,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod rejoin;
 pub mod repl;
+pub mod session;
 pub mod sim;

@@ -21,12 +21,15 @@ use std::time::{Duration, Instant};
 use lockstep_engine::{Error, LogBlock, Options, Store, StoreInfo, WriteBatch, FORMAT_VERSION};
 
 use crate::auth::AuthKey;
-use crate::handshake::{check_rejoin, describe, judge, primary_lost_blocks, primary_verdict, History, RejoinCheck};
+use crate::handshake::{check_rejoin, describe, RejoinCheck};
 use crate::protocol::{
-    read_frame, Hello, Message, PeerLoss, Request, Response, Role, SyncLevel, Verdict, FRAME_PAYLOAD_MAX, NONCE_LEN,
-    PROOF_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, SCAN_PAGE_ITEMS_MAX,
+    read_frame, read_message_frame, Hello, Message, PeerLoss, Request, Response, Role, SyncLevel, FRAME_PAYLOAD_MAX,
+    KIND_ACK, KIND_BLOCK, KIND_HANDOVER, KIND_HEARTBEAT, NONCE_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    SCAN_PAGE_ITEMS_MAX,
 };
 use crate::repl::{Link, PeerRecord, ReplState};
+use crate::session::channel::{Opener, Sealer};
+use crate::session::handshake::{Handshake, Outcome};
 
 /// Idle links carry a heartbeat this often.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -42,6 +45,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Blocks sent per batch, at most (bytes).
 const SEND_BATCH_BYTES: usize = 1 << 20;
+/// Inbound replication connections in their handshake at once, at most;
+/// more are closed at once (a flood of strangers cannot pile up threads).
+pub const INBOUND_HANDSHAKES_MAX: usize = 8;
 /// Exit code of a write sent to a secondary (sysexits EX_NOPERM).
 pub const EXIT_NOT_PRIMARY: u8 = 77;
 
@@ -137,6 +143,11 @@ struct Shared {
     role: Mutex<Role>,
     /// The secondary's current replication connection (a promotion ends it).
     session: Mutex<Option<TcpStream>>,
+    /// Held by the secondary's running session: a newly accepted one waits
+    /// for the old one to end before it applies anything.
+    session_running: Mutex<()>,
+    /// Inbound connections still in their handshake.
+    inbound: AtomicUsize,
     repl: Arc<ReplState>,
     stop: AtomicBool,
     /// Client requests being answered.
@@ -215,6 +226,8 @@ impl Node {
             store: RwLock::new(store),
             role: Mutex::new(role),
             session: Mutex::new(None),
+            session_running: Mutex::new(()),
+            inbound: AtomicUsize::new(0),
             repl,
             stop: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
@@ -376,6 +389,9 @@ impl Drop for Busy<'_> {
 enum SessionEnd {
     Io(std::io::Error),
     Refused(String),
+    /// A peer that did not authenticate (or an inbound connection that
+    /// never finished its handshake): nothing changes.
+    Stranger(String),
     Stopped,
     /// Over for a reason that calls for an immediate new connection (the
     /// peer truncated its tail to rejoin, or this node was demoted).
@@ -392,23 +408,28 @@ fn invalid(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Reads one replication message.
-fn recv(stream: &mut TcpStream) -> std::io::Result<Message> {
-    let (kind, payload) = read_frame(stream)?;
-    Message::decode(kind, &payload).map_err(invalid)
+/// Reads one message of an established link: its kind and length are
+/// bounded before its payload is read, and it must open under the
+/// session's keys.
+fn recv(stream: &mut TcpStream, opener: &mut Opener) -> std::io::Result<Message> {
+    let (kind, flags, payload) =
+        read_message_frame(stream, |k| matches!(k, KIND_BLOCK | KIND_ACK | KIND_HEARTBEAT | KIND_HANDOVER))?;
+    opener.open(kind, flags, &payload).map_err(invalid)
 }
 
-/// The writing half of a connection, shared by the threads of a session.
-struct Sender(Mutex<BufWriter<TcpStream>>);
+/// The writing half of a connection, shared by the threads of a session;
+/// frames are sealed in the order they are written.
+struct Sender(Mutex<(BufWriter<TcpStream>, Sealer)>);
 
 impl Sender {
-    fn new(stream: &TcpStream) -> std::io::Result<Sender> {
-        Ok(Sender(Mutex::new(BufWriter::with_capacity(256 << 10, stream.try_clone()?))))
+    fn new(stream: &TcpStream, sealer: Sealer) -> std::io::Result<Sender> {
+        Ok(Sender(Mutex::new((BufWriter::with_capacity(256 << 10, stream.try_clone()?), sealer))))
     }
     fn send(&self, messages: &[Message]) -> std::io::Result<()> {
-        let mut w = lock(&self.0);
+        let mut guard = lock(&self.0);
+        let (w, sealer) = &mut *guard;
         for m in messages {
-            w.write_all(&m.encode())?;
+            w.write_all(&sealer.seal(m))?;
         }
         w.flush()
     }
@@ -524,110 +545,83 @@ impl Shared {
         hello
     }
 
-    /// Both sides send Hello, then a proof of the key, then their verdict;
-    /// the session goes on only if both accept. Returns the peer's Hello.
-    fn handshake(&self, stream: &mut TcpStream, sender: &Sender) -> Result<Hello, SessionEnd> {
+    /// Runs the handshake ([`Handshake`]) on `stream` and carries out its
+    /// outcome; returns the peer's Hello and the link's halves once both
+    /// sides accepted. `dialer`: this node dialed.
+    fn handshake(&self, stream: &mut TcpStream, dialer: bool) -> Result<(Hello, Sender, Opener), SessionEnd> {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let ours = self.hello();
-        sender.send(&[Message::Hello(ours.clone())])?;
-        let Message::Hello(peer) = recv(stream)? else {
-            return Err(SessionEnd::Io(invalid("the peer did not start with Hello")));
-        };
-        if ours.role == Role::Primary
-            && peer.role == Role::Primary
-            && peer.epoch > ours.epoch
-            && ours.store_id == peer.store_id
-        {
-            self.demote(&peer);
-            return Err(SessionEnd::Retry(format!("demoted by {} (epoch {})", peer.node_id, peer.epoch)));
-        }
-        if ours.role == Role::Primary
-            && peer.role == Role::Primary
-            && peer.epoch < ours.epoch
-            && ours.store_id == peer.store_id
-        {
-            // It demotes itself on reading this node's Hello, and rejoins.
-            return Err(SessionEnd::Retry(format!(
-                "{} was primary of epoch {}: it steps down",
-                peer.node_id, peer.epoch
-            )));
-        }
-        let proof = match &self.config.auth_key {
-            Some(key) => key.proof(&peer.nonce, &ours.node_id.0, ours.role),
-            None => [0u8; PROOF_LEN],
-        };
-        sender.send(&[Message::Auth { proof }])?;
-        let Message::Auth { proof: peer_proof } = recv(stream)? else {
-            return Err(SessionEnd::Io(invalid("the peer did not send Auth after Hello")));
-        };
-        let authentic = match (&self.config.auth_key, peer.auth) {
-            (Some(key), true) => key.verify(&peer_proof, &ours.nonce, &peer.node_id.0, peer.role),
-            _ => true, // one-sided configuration: judged below
-        };
-        let verdict = match &self.config.auth_key {
-            Some(key) if !authentic => Verdict::Refuse {
-                reason: format!(
-                    "authentication failed: the peer ({} {}) does not hold this node's key (key id {}); give both \
-                     nodes the same --auth-key-file",
-                    peer.role.name(),
-                    peer.node_id,
-                    key.key_id()
-                ),
-            },
-            _ if ours.role == Role::Primary && peer.role == Role::Secondary => {
-                primary_verdict(&self.store(), &ours, &peer)
-                    .map_err(|e| std::io::Error::other(format!("reading this node's log: {e}")))?
+        stream.set_write_timeout(Some(LINK_TIMEOUT))?;
+        let (mut machine, hello) = Handshake::start(self.hello(), self.config.auth_key.clone(), dialer);
+        let mut writer = stream.try_clone()?;
+        let outcome = (|| -> std::io::Result<Outcome> {
+            writer.write_all(&hello)?;
+            loop {
+                let (kind, flags, payload) = read_message_frame(stream, |k| machine.expects(k))?;
+                let step = machine.receive(kind, flags, &payload, &*self.store());
+                for frame in &step.send {
+                    writer.write_all(frame)?;
+                }
+                if let Some(outcome) = step.outcome {
+                    return Ok(outcome);
+                }
             }
-            _ => judge(&ours, &peer, History::Unknown),
-        };
-        sender.send(&[Message::Verdict(verdict.clone())])?;
-        let Message::Verdict(theirs) = recv(stream)? else {
-            return Err(SessionEnd::Io(invalid("the peer did not send its verdict")));
+        })();
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // A connection this node accepted that never finished its
+            // handshake changes nothing.
+            Err(e) if !dialer => return Err(SessionEnd::Stranger(format!("an inbound connection's handshake: {e}"))),
+            Err(e) => return Err(SessionEnd::Io(e)),
         };
         stream.set_read_timeout(Some(LINK_TIMEOUT))?;
-        match (verdict, theirs) {
-            (Verdict::Refuse { reason }, _) => Err(SessionEnd::Refused(reason)),
-            (_, Verdict::Refuse { reason }) => {
-                if primary_lost_blocks(&self.store(), &ours, &peer) {
-                    let why = format!(
-                        "the primary's log ends at {} in epoch {}, before this node's ({}): it lost blocks it had \
-                         shipped (a power cut during its write); none was acknowledged, and this node holds \
-                         everything the primary has — {}",
-                        peer.log_end,
-                        peer.epoch,
-                        ours.log_end,
-                        if self.config.auto_failover {
-                            "it promotes itself after the lease"
-                        } else {
-                            "promote it with `lockstep promote`"
-                        }
-                    );
-                    tracing::warn!("{why}");
-                    self.repl.primary_behind(&why);
-                    return Err(SessionEnd::Retry(why));
-                }
-                Err(SessionEnd::Refused(format!("the peer refused this node: {reason}")))
-            }
-            (Verdict::Rejoin { position, .. }, _) => {
+        let peer = machine.peer().cloned();
+        let describe_peer =
+            |p: &Option<Hello>| p.as_ref().map_or_else(String::new, |p| format!("{} {}", p.role.name(), p.node_id));
+        match outcome {
+            Outcome::Accepted => {
+                let Some(peer) = peer else { return Err(SessionEnd::Io(invalid("no Hello from the peer"))) };
                 tracing::info!(
-                    "{} {} holds a tail after position {position}, where epoch {} began: it truncates it to rejoin",
-                    peer.role.name(),
-                    peer.node_id,
-                    ours.epoch
-                );
-                Err(SessionEnd::Retry(format!("the secondary rejoins from position {position}")))
-            }
-            (_, Verdict::Rejoin { position, fingerprint }) => self.rejoin(&peer, position, fingerprint),
-            (Verdict::Accept { version }, Verdict::Accept { .. }) => {
-                tracing::info!(
-                    "handshake with {} {} (lockstep {}) accepted at protocol version {version}; its log ends at {}",
+                    "handshake with {} {} (lockstep {}{}) accepted at protocol version {}; its log ends at {}",
                     peer.role.name(),
                     peer.node_id,
                     peer.software_version,
+                    if self.config.auth_key.is_some() { ", authenticated" } else { "" },
+                    crate::handshake::agreed_version(machine.ours(), &peer).unwrap_or_default(),
                     peer.log_end
                 );
-                Ok(peer)
+                let (sealer, opener) = machine.into_channel();
+                Ok((peer, Sender::new(stream, sealer)?, opener))
             }
+            Outcome::Refused(reason) => Err(SessionEnd::Refused(reason)),
+            Outcome::PeerRefused(reason) => Err(SessionEnd::Refused(format!("the peer refused this node: {reason}"))),
+            Outcome::PrimaryBehind(why) => {
+                tracing::warn!("{why}");
+                self.repl.primary_behind(&why);
+                Err(SessionEnd::Retry(why))
+            }
+            Outcome::Rejoin { position, fingerprint } => match peer {
+                Some(peer) => Err(self.rejoin(&peer, position, fingerprint)),
+                None => Err(SessionEnd::Io(invalid("no Hello from the peer"))),
+            },
+            Outcome::PeerRejoins { position } => {
+                tracing::info!(
+                    "{} holds a tail after position {position}, where a newer epoch began: it truncates it to rejoin",
+                    describe_peer(&peer)
+                );
+                Err(SessionEnd::Retry(format!("the secondary rejoins from position {position}")))
+            }
+            Outcome::StepDown => match peer {
+                Some(peer) => {
+                    self.demote(&peer);
+                    Err(SessionEnd::Retry(format!("demoted by {} (epoch {})", peer.node_id, peer.epoch)))
+                }
+                None => Err(SessionEnd::Io(invalid("no Hello from the peer"))),
+            },
+            Outcome::PeerStepsDown => {
+                Err(SessionEnd::Retry(format!("{} was primary of an older epoch: it steps down", describe_peer(&peer))))
+            }
+            Outcome::Stranger(reason) => Err(SessionEnd::Stranger(reason)),
+            Outcome::Failed(reason) => Err(SessionEnd::Io(invalid(reason))),
         }
     }
 
@@ -657,12 +651,18 @@ impl Shared {
                 tracing::info!("replication reconnects: {why}");
                 self.repl.update(|s| s.link = Link::Connecting);
             }
+            SessionEnd::Stranger(why) => Self::stranger(why),
             SessionEnd::Stopped => {}
         }
     }
 
     fn accepted(&self, peer: &Hello) {
         self.repl.accepted(peer);
+    }
+
+    /// A connection that did not authenticate: logged, nothing else.
+    fn stranger(why: &str) {
+        tracing::warn!("ignored a replication connection that did not authenticate: {why}");
     }
 
     // ---- roles -------------------------------------------------------------------
@@ -755,16 +755,11 @@ impl Shared {
     /// that it never had. Truncates it (exporting its records to
     /// DIR/recovered/ first) unless this node may have acknowledged some of
     /// it alone: that is split brain, refused.
-    fn rejoin(
-        &self,
-        primary: &Hello,
-        position: u64,
-        fingerprint: lockstep_engine::Fingerprint,
-    ) -> Result<Hello, SessionEnd> {
+    fn rejoin(&self, primary: &Hello, position: u64, fingerprint: lockstep_engine::Fingerprint) -> SessionEnd {
         let store = self.store();
         match check_rejoin(&store, &self.config.dir, primary, position, fingerprint) {
             RejoinCheck::Allowed => {}
-            RejoinCheck::Diverged(reason) => return Err(SessionEnd::Refused(reason)),
+            RejoinCheck::Diverged(reason) => return SessionEnd::Refused(reason),
             RejoinCheck::SplitBrain(reason) => {
                 let note = serde_json::json!({
                     "position": position,
@@ -775,18 +770,23 @@ impl Shared {
                 if let Err(e) = std::fs::write(self.config.dir.join(DIVERGENCE_FILE), note.to_string()) {
                     tracing::error!("recording the divergence point: {e}");
                 }
-                return Err(SessionEnd::Refused(reason));
+                return SessionEnd::Refused(reason);
             }
         }
         let log_end = store.info().log_end;
         // The tail is read and exported from the open store (proportional
         // to the tail); only then is the store closed and cut.
         let io = |e: Error| SessionEnd::Io(std::io::Error::other(e.to_string()));
-        let records = lockstep_engine::truncate::tail_records(&store, position).map_err(io)?;
+        let records = match lockstep_engine::truncate::tail_records(&store, position) {
+            Ok(records) => records,
+            Err(e) => return io(e),
+        };
         let bytes = log_end - position;
         drop(store);
         let export = self.config.dir.join("recovered").join(format!("rejoin-position-{position}.jsonl"));
-        crate::rejoin::export(&export, &records).map_err(SessionEnd::Io)?;
+        if let Err(e) = crate::rejoin::export(&export, &records) {
+            return SessionEnd::Io(e);
+        }
         let dir = self.config.dir.clone();
         let truncated = self.replace_store(|options| lockstep_engine::truncate::truncate_tail(&dir, options, position));
         match truncated {
@@ -798,10 +798,10 @@ impl Shared {
                     records.len(),
                     export.display()
                 );
-                Err(SessionEnd::Retry(format!("truncated to position {position} to rejoin")))
+                SessionEnd::Retry(format!("truncated to position {position} to rejoin"))
             }
-            Ok(None) => Err(SessionEnd::Retry("the store is busy; rejoin retried".into())),
-            Err(e) => Err(SessionEnd::Io(std::io::Error::other(e.to_string()))),
+            Ok(None) => SessionEnd::Retry("the store is busy; rejoin retried".into()),
+            Err(e) => SessionEnd::Io(std::io::Error::other(e.to_string())),
         }
     }
 
@@ -883,12 +883,8 @@ impl Shared {
     }
 
     fn primary_session(self: &Arc<Self>, stream: &mut TcpStream, connected: &mut bool) -> SessionEnd {
-        let sender = match Sender::new(stream) {
-            Ok(s) => s,
-            Err(e) => return SessionEnd::Io(e),
-        };
-        let peer = match self.handshake(stream, &sender) {
-            Ok(peer) => peer,
+        let (peer, sender, opener) = match self.handshake(stream, true) {
+            Ok(link) => link,
             Err(end) => return end,
         };
         *connected = true;
@@ -909,7 +905,7 @@ impl Shared {
                 Ok(s) => s,
                 Err(e) => return SessionEnd::Io(e),
             };
-            std::thread::spawn(move || shared.read_acks(stream, &dead))
+            std::thread::spawn(move || shared.read_acks(stream, &dead, opener))
         };
         let end = self.send_blocks(&sender, peer.log_end, &dead);
         dead.store(true, Ordering::SeqCst);
@@ -921,9 +917,15 @@ impl Shared {
     }
 
     /// Reads the secondary's acknowledgements until the link fails.
-    fn read_acks(&self, mut stream: TcpStream, dead: &AtomicBool) -> SessionEnd {
+    fn read_acks(&self, mut stream: TcpStream, dead: &AtomicBool, mut opener: Opener) -> SessionEnd {
         let end = loop {
-            match recv(&mut stream) {
+            match recv(&mut stream, &mut opener) {
+                Ok(Message::Ack { received_end, .. }) if received_end > self.repl.lock().shipped_end => {
+                    break SessionEnd::Io(invalid(format!(
+                        "the secondary acknowledged position {received_end}, beyond what this primary shipped ({})",
+                        self.repl.lock().shipped_end
+                    )));
+                }
                 Ok(Message::Ack { received_end, durable_end, heartbeat }) => {
                     self.repl.renew_lease(heartbeat);
                     self.repl.acknowledge(received_end, durable_end);
@@ -1147,18 +1149,25 @@ impl Shared {
 
     // ---- secondary ---------------------------------------------------------------
 
-    /// Accepts the primary's connections; a new one replaces the current
-    /// session (the primary reconnected after losing the old one).
+    /// Accepts connections to the replication port, each handshaking on a
+    /// thread of its own (at most [`INBOUND_HANDSHAKES_MAX`] at once): a
+    /// connection that does not authenticate, or never finishes its
+    /// handshake, leaves the running session alone; an accepted primary's
+    /// connection replaces it.
     fn listen_replication(self: Arc<Self>, listener: TcpListener) {
-        let mut session: Option<(TcpStream, JoinHandle<()>)> = None;
+        let mut sessions: Vec<JoinHandle<()>> = Vec::new();
         for stream in self.accept_loop(listener) {
-            if let Some((old, handle)) = session.take() {
-                let _ = old.shutdown(Shutdown::Both);
-                let _ = handle.join();
+            sessions.retain(|h| !h.is_finished());
+            if self.inbound.load(Ordering::SeqCst) >= INBOUND_HANDSHAKES_MAX {
+                tracing::warn!(
+                    "{INBOUND_HANDSHAKES_MAX} replication connections are handshaking already: closing one more"
+                );
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
             }
-            let Ok(clone) = stream.try_clone() else { continue };
+            self.inbound.fetch_add(1, Ordering::SeqCst);
             let shared = self.clone();
-            let handle = std::thread::spawn(move || {
+            sessions.push(std::thread::spawn(move || {
                 let mut stream = stream;
                 shared.register(&stream);
                 let mut connected = false;
@@ -1166,20 +1175,32 @@ impl Shared {
                     Role::Secondary => shared.secondary_session(&mut stream, &mut connected),
                     Role::Primary => shared.inbound_on_primary(&mut stream),
                 };
+                shared.inbound.fetch_sub(1, Ordering::SeqCst);
                 let _ = stream.shutdown(Shutdown::Both);
                 shared.unregister(&stream);
-                // On a primary the link is its own dialed one; only a refusal
-                // of an inbound peer is news.
-                let news = shared.role() == Role::Secondary || matches!(end, SessionEnd::Refused(_));
-                if news && !shared.stopping() {
-                    shared.session_ended(&end, connected);
+                if shared.stopping() {
+                    return;
                 }
-            });
-            session = Some((clone, handle));
+                match end {
+                    // On a primary the link is its own dialed one: an inbound
+                    // refusal is news only at start-up (it is fatal then).
+                    SessionEnd::Refused(reason) if shared.role() == Role::Primary => {
+                        tracing::error!("replication refused an inbound peer: {reason}");
+                        shared.repl.update(|s| {
+                            if !s.accepted_once {
+                                s.fatal = Some(reason);
+                            }
+                        });
+                    }
+                    end if shared.role() == Role::Secondary || matches!(end, SessionEnd::Stranger(_)) => {
+                        shared.session_ended(&end, connected)
+                    }
+                    _ => {}
+                }
+            }));
         }
-        if let Some((old, handle)) = session {
-            let _ = old.shutdown(Shutdown::Both);
-            let _ = handle.join();
+        for h in sessions {
+            let _ = h.join();
         }
     }
 
@@ -1216,12 +1237,8 @@ impl Shared {
     /// A peer dialed this primary: only another primary would (a secondary
     /// waits to be dialed), and the handshake refuses it.
     fn inbound_on_primary(&self, stream: &mut TcpStream) -> SessionEnd {
-        let sender = match Sender::new(stream) {
-            Ok(s) => s,
-            Err(e) => return SessionEnd::Io(e),
-        };
-        match self.handshake(stream, &sender) {
-            Ok(peer) => SessionEnd::Io(invalid(format!(
+        match self.handshake(stream, false) {
+            Ok((peer, _, _)) => SessionEnd::Io(invalid(format!(
                 "{} {} dialed this primary; a primary dials its secondary, so the connection is closed",
                 peer.role.name(),
                 peer.node_id
@@ -1231,14 +1248,19 @@ impl Shared {
     }
 
     fn secondary_session(self: &Arc<Self>, stream: &mut TcpStream, connected: &mut bool) -> SessionEnd {
-        let sender = match Sender::new(stream) {
-            Ok(s) => Arc::new(s),
-            Err(e) => return SessionEnd::Io(e),
-        };
-        let peer = match self.handshake(stream, &sender) {
-            Ok(peer) => peer,
+        let (peer, sender, opener) = match self.handshake(stream, false) {
+            Ok((peer, sender, opener)) => (peer, Arc::new(sender), opener),
             Err(end) => return end,
         };
+        // Authenticated and accepted: only now does this connection replace
+        // the running session (whose end it waits for).
+        if let Some(old) = lock(&self.session).take() {
+            let _ = old.shutdown(Shutdown::Both);
+        }
+        let _running = lock(&self.session_running);
+        if self.role() != Role::Secondary || self.stopping() {
+            return SessionEnd::Stopped;
+        }
         *connected = true;
         self.accepted(&peer);
         let own = self.store().info().durable_end;
@@ -1262,7 +1284,7 @@ impl Shared {
             })
         };
         let received_acks = peer.sync == SyncLevel::Received;
-        let end = self.apply_blocks(stream, &sender, &tx, received_acks);
+        let end = self.apply_blocks(stream, opener, &sender, &tx, received_acks);
         drop(tx);
         let _ = stream.shutdown(Shutdown::Both);
         match (end, acker.join().unwrap_or(SessionEnd::Stopped)) {
@@ -1276,13 +1298,14 @@ impl Shared {
     fn apply_blocks(
         &self,
         stream: &mut TcpStream,
+        mut opener: Opener,
         sender: &Sender,
         pending: &crossbeam_channel::Sender<(u64, lockstep_engine::PendingAppend)>,
         received_acks: bool,
     ) -> SessionEnd {
         let mut last_progress = Instant::now();
         loop {
-            let message = match recv(stream) {
+            let message = match recv(stream, &mut opener) {
                 Ok(m) => m,
                 Err(_) if self.stopping() => return SessionEnd::Stopped,
                 Err(e) => return SessionEnd::Io(e),
@@ -1294,6 +1317,11 @@ impl Shared {
             match message {
                 Message::Block { segment, position, block } => {
                     let end = position + block.len() as u64;
+                    // Applied by the session this one replaced (the primary
+                    // starts from the end this node's Hello named).
+                    if end <= self.store().info().log_end {
+                        continue;
+                    }
                     let append = match self.store().submit_replicated(LogBlock { segment, position, bytes: block }) {
                         Ok(p) => p,
                         Err(e) => return SessionEnd::Io(std::io::Error::other(format!("applying a block: {e}"))),
@@ -1491,7 +1519,7 @@ impl Shared {
     }
 
     fn serve_client(&self, stream: &TcpStream) {
-        let Ok(sender) = Sender::new(stream) else { return };
+        let Ok(sender) = Sender::new(stream, Sealer::new(None)) else { return };
         let mut reader = stream;
         loop {
             let request = match read_frame(&mut reader) {
@@ -1520,8 +1548,8 @@ impl Shared {
 
     fn reply(&self, sender: &Sender, response: Response) -> std::io::Result<()> {
         let mut w = lock(&sender.0);
-        w.write_all(&response.encode())?;
-        w.flush()
+        w.0.write_all(&response.encode())?;
+        w.0.flush()
     }
 
     fn answer(&self, request: Request) -> Response {

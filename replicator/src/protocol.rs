@@ -7,7 +7,8 @@
 //! frame = header (12 bytes) ‖ payload (len bytes)
 //!   0  u32  len       payload length, at most FRAME_PAYLOAD_MAX
 //!   4  u16  kind      message kind (KIND_*)
-//!   6  u16  flags     0 in protocol version 1
+//!   6  u16  flags     0, or FLAG_MAC: the payload ends with a MAC_LEN-byte
+//!                     HMAC-SHA256 tag (see [`crate::session::channel`])
 //!   8  u32  crc       CRC32 (IEEE) of bytes 0..8 of the header ‖ payload
 //! ```
 //!
@@ -17,15 +18,19 @@
 //! * Every length read from the wire is checked against a named limit before
 //!   anything is allocated for it.
 
-use lockstep_engine::format::{BLOCK_LEN_MAX, EPOCH_HISTORY_MAX, KEY_LEN_MAX, VALUE_LEN_MAX};
+use lockstep_engine::format::{BLOCK_LEN_MAX, EPOCH_HISTORY_MAX, EPOCH_MAX, KEY_LEN_MAX, VALUE_LEN_MAX};
 use lockstep_engine::{EpochStart, Fingerprint, NodeId, StoreId};
 
 /// The oldest replication protocol version this build speaks.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+///
+/// Version 2: the Auth proof covers both Hellos whole, Verdicts and every
+/// later frame carry a MAC under session keys (when a key is configured),
+/// and every number in a Hello is bounded. Version 1 peers are refused.
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 /// The newest replication protocol version this build speaks. Two nodes use
 /// the highest version both support, and refuse each other if their ranges
 /// do not overlap.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const _: () = assert!(PROTOCOL_VERSION_MIN <= PROTOCOL_VERSION);
 
 pub const FRAME_HEADER_LEN: usize = 12;
@@ -39,6 +44,21 @@ pub const SCAN_PAGE_ITEMS_MAX: u32 = 4096;
 pub const NONCE_LEN: usize = 16;
 pub const PROOF_LEN: usize = 32;
 pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"LKSTHELO");
+/// Frame flag: the payload ends with a [`MAC_LEN`]-byte tag.
+pub const FLAG_MAC: u16 = 1;
+pub const MAC_LEN: usize = 32;
+/// The longest Hello payload (its fixed fields, the longest text and the
+/// longest epoch history, rounded up): the bound on what a connection may
+/// send before it authenticated.
+pub const HELLO_PAYLOAD_MAX: usize = 16 << 10;
+const _: () = assert!(200 + TEXT_LEN_MAX + 16 * EPOCH_HISTORY_MAX <= HELLO_PAYLOAD_MAX);
+/// Leases a Hello may announce (`--lease`), in milliseconds.
+pub const LEASE_MS_MIN: u64 = 10;
+pub const LEASE_MS_MAX: u64 = 60_000;
+/// The longest `--on-peer-loss degrade=` a Hello may announce (one day).
+pub const DEGRADE_MS_MAX: u64 = 86_400_000;
+/// The highest log position a peer may name (2^60 bytes: an exabyte).
+pub const LOG_POSITION_MAX: u64 = 1 << 60;
 
 pub const KIND_HELLO: u16 = 1;
 pub const KIND_AUTH: u16 = 2;
@@ -272,18 +292,68 @@ pub enum Response {
 
 /// The frame header: payload length and kind, after checking both and the crc.
 pub fn decode_header(header: &[u8]) -> Result<(usize, u16)> {
+    match decode_header_flags(header)? {
+        (len, kind, 0) => Ok((len, kind)),
+        (_, _, flags) => Err(WireError::BadField { field: "flags", value: flags.into() }),
+    }
+}
+
+/// The frame header: payload length, kind and flags (0 or [`FLAG_MAC`]).
+pub fn decode_header_flags(header: &[u8]) -> Result<(usize, u16, u16)> {
     let header =
         header.get(..FRAME_HEADER_LEN).ok_or(WireError::Truncated { need: FRAME_HEADER_LEN, len: header.len() })?;
     let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
     let kind = u16::from_le_bytes([header[4], header[5]]);
     let flags = u16::from_le_bytes([header[6], header[7]]);
-    if len > FRAME_PAYLOAD_MAX {
+    if len > FRAME_PAYLOAD_MAX + MAC_LEN {
         return Err(WireError::TooLong { len, max: FRAME_PAYLOAD_MAX });
     }
-    if flags != 0 {
+    if flags & !FLAG_MAC != 0 {
         return Err(WireError::BadField { field: "flags", value: flags.into() });
     }
-    Ok((len, kind))
+    let max = if flags == FLAG_MAC { FRAME_PAYLOAD_MAX + MAC_LEN } else { FRAME_PAYLOAD_MAX };
+    if len > max {
+        return Err(WireError::TooLong { len, max });
+    }
+    Ok((len, kind, flags))
+}
+
+/// The longest payload a replication message of `kind` can have (without a
+/// MAC tag); `None` for a kind that is not a replication message.
+pub fn message_payload_max(kind: u16) -> Option<usize> {
+    Some(match kind {
+        KIND_HELLO => HELLO_PAYLOAD_MAX,
+        KIND_AUTH => PROOF_LEN,
+        KIND_VERDICT => 1 + 4 + TEXT_LEN_MAX,
+        KIND_BLOCK => 8 + 8 + 4 + BLOCK_LEN_MAX,
+        KIND_ACK => 24,
+        KIND_HEARTBEAT => 56,
+        KIND_HANDOVER => 24,
+        _ => return None,
+    })
+}
+
+/// Reads one replication frame: its header is checked (kind known, allowed
+/// by `allowed`, length within that kind's bound, plus the tag when
+/// flagged) before its payload is allocated. Returns kind, flags, payload.
+pub fn read_message_frame(
+    r: &mut impl std::io::Read,
+    allowed: impl Fn(u16) -> bool,
+) -> std::io::Result<(u16, u16, Vec<u8>)> {
+    let invalid = |e: WireError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    r.read_exact(&mut header)?;
+    let (len, kind, flags) = decode_header_flags(&header).map_err(invalid)?;
+    let max =
+        message_payload_max(kind).filter(|_| allowed(kind)).ok_or_else(|| invalid(WireError::UnknownKind(kind)))?;
+    let max = if flags == FLAG_MAC { max + MAC_LEN } else { max };
+    if len > max {
+        return Err(invalid(WireError::TooLong { len, max }));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    check_frame(&header, &payload).map_err(invalid)?;
+    Ok((kind, flags, payload))
 }
 
 /// Checks the crc of a frame whose header decoded, returning its payload.
@@ -305,20 +375,38 @@ fn frame_crc(head: &[u8], payload: &[u8]) -> u32 {
 
 /// One whole frame: header and payload.
 pub fn frame(kind: u16, payload: &[u8]) -> Vec<u8> {
-    debug_assert!(payload.len() <= FRAME_PAYLOAD_MAX);
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame_with(kind, 0, payload, &[])
+}
+
+/// One whole frame with `flags`, whose payload is `payload` ‖ `tail`.
+pub fn frame_with(kind: u16, flags: u16, payload: &[u8], tail: &[u8]) -> Vec<u8> {
+    let len = payload.len() + tail.len();
+    debug_assert!(len <= FRAME_PAYLOAD_MAX + MAC_LEN);
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&kind.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    let crc = frame_crc(&out, payload);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out);
+    h.update(payload);
+    h.update(tail);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
     out.extend_from_slice(payload);
+    out.extend_from_slice(tail);
     out
 }
 
 /// Decodes a whole frame (header ‖ payload, nothing after).
 pub fn decode_frame(buf: &[u8]) -> Result<(u16, &[u8])> {
-    let (len, kind) = decode_header(buf)?;
+    match decode_frame_flags(buf)? {
+        (kind, 0, payload) => Ok((kind, payload)),
+        (_, flags, _) => Err(WireError::BadField { field: "flags", value: flags.into() }),
+    }
+}
+
+/// Decodes a whole frame that may carry flags: kind, flags, payload.
+pub fn decode_frame_flags(buf: &[u8]) -> Result<(u16, u16, &[u8])> {
+    let (len, kind, flags) = decode_header_flags(buf)?;
     let payload = buf.get(FRAME_HEADER_LEN..).unwrap_or_default();
     if payload.len() < len {
         return Err(WireError::Truncated { need: FRAME_HEADER_LEN + len, len: buf.len() });
@@ -326,7 +414,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<(u16, &[u8])> {
     if payload.len() > len {
         return Err(WireError::TrailingBytes(payload.len() - len));
     }
-    Ok((kind, check_frame(buf, payload)?))
+    Ok((kind, flags, check_frame(buf, payload)?))
 }
 
 /// Reads one frame from `r`, checking the header before the payload is
@@ -433,6 +521,15 @@ impl<'a> In<'a> {
     }
 }
 
+/// A log position, at most [`LOG_POSITION_MAX`].
+fn position(i: &mut In<'_>, field: &'static str) -> Result<u64> {
+    let value = i.u64()?;
+    if value > LOG_POSITION_MAX {
+        return Err(WireError::BadField { field, value });
+    }
+    Ok(value)
+}
+
 fn text_of(s: &str) -> &[u8] {
     // Longer texts are cut at a character boundary, never sent too long.
     let mut end = s.len().min(TEXT_LEN_MAX);
@@ -481,6 +578,12 @@ impl SyncLevel {
 impl Message {
     /// The message as one frame.
     pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = self.encode_payload();
+        frame(kind, &payload)
+    }
+
+    /// The message's kind and payload (what a frame carries).
+    pub fn encode_payload(&self) -> (u16, Vec<u8>) {
         let mut o = Out::default();
         let kind = match self {
             Message::Hello(h) => {
@@ -534,7 +637,7 @@ impl Message {
                 KIND_HANDOVER
             }
         };
-        frame(kind, &o.0)
+        (kind, o.0)
     }
 
     /// Decodes the payload of a frame of kind `kind`.
@@ -569,6 +672,19 @@ impl Message {
                 let unreplicated_acks = i.bool("unreplicated_acks")?;
                 let auto_failover = i.bool("auto_failover")?;
                 let lease_ms = i.u64()?;
+                if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
+                    return Err(WireError::BadField { field: "lease_ms", value: lease_ms });
+                }
+                if let PeerLoss::Degrade { after_ms } = peer_loss {
+                    if after_ms > DEGRADE_MS_MAX {
+                        return Err(WireError::BadField { field: "degrade_ms", value: after_ms });
+                    }
+                }
+                for (field, value) in [("log_end", log_end), ("commit_position", commit_position)] {
+                    if value > LOG_POSITION_MAX {
+                        return Err(WireError::BadField { field, value });
+                    }
+                }
                 let count = i.u32()?;
                 if count == 0 || count as usize > EPOCH_HISTORY_MAX {
                     return Err(WireError::BadField { field: "epoch_count", value: count.into() });
@@ -576,6 +692,9 @@ impl Message {
                 let mut epochs: Vec<EpochStart> = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     let e = EpochStart { epoch: i.u64()?, start_position: i.u64()? };
+                    if e.epoch > EPOCH_MAX || e.start_position > LOG_POSITION_MAX {
+                        return Err(WireError::BadField { field: "epochs", value: e.epoch });
+                    }
                     if epochs.last().is_some_and(|p| e.epoch <= p.epoch || e.start_position < p.start_position) {
                         return Err(WireError::BadField { field: "epochs", value: e.epoch });
                     }
@@ -619,25 +738,30 @@ impl Message {
             },
             KIND_BLOCK => {
                 let segment = i.u64()?;
-                let position = i.u64()?;
+                let position = position(&mut i, "position")?;
                 let block = bytes::Bytes::copy_from_slice(i.bytes("block", BLOCK_LEN_MAX)?);
                 Message::Block { segment, position, block }
             }
             KIND_ACK => {
                 let (received_end, durable_end, heartbeat) = (i.u64()?, i.u64()?, i.u64()?);
+                if received_end > LOG_POSITION_MAX {
+                    return Err(WireError::BadField { field: "received_end", value: received_end });
+                }
                 if durable_end > received_end {
                     return Err(WireError::BadField { field: "durable_end", value: durable_end });
                 }
                 Message::Ack { received_end, durable_end, heartbeat }
             }
             KIND_HEARTBEAT => Message::Heartbeat {
-                log_end: i.u64()?,
+                log_end: position(&mut i, "log_end")?,
                 fingerprint: Fingerprint(i.u128()?),
-                commit_position: i.u64()?,
+                commit_position: position(&mut i, "commit_position")?,
                 time_ms: i.u64()?,
                 seq: i.u64()?,
             },
-            KIND_HANDOVER => Message::Handover { position: i.u64()?, fingerprint: Fingerprint(i.u128()?) },
+            KIND_HANDOVER => {
+                Message::Handover { position: position(&mut i, "position")?, fingerprint: Fingerprint(i.u128()?) }
+            }
             other => return Err(WireError::UnknownKind(other)),
         };
         i.end()?;

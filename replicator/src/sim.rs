@@ -36,10 +36,14 @@ use std::time::{Duration, Instant};
 use lockstep_engine::sim::{Faults, Rng, SimStorage};
 use lockstep_engine::{Fingerprint, LogBlock, Options, Store, StoreId};
 
-use crate::handshake::{check_rejoin, describe, judge, primary_lost_blocks, primary_verdict, History, RejoinCheck};
+use crate::auth::AuthKey;
+use crate::handshake::{check_rejoin, describe, RejoinCheck};
 use crate::node::{HEARTBEAT_INTERVAL, LINK_TIMEOUT, RECONNECT_BACKOFF, REFUSED_RETRY};
-use crate::protocol::{decode_frame, Hello, Message, PeerLoss, Role, SyncLevel, Verdict};
+use crate::protocol::{Hello, Message, PeerLoss, Role, SyncLevel, NONCE_LEN};
 use crate::repl::{Clock, PeerRecord, ReplState};
+use crate::session::channel::{Opener, Sealer};
+use crate::session::handshake::{parts, run_pair, Handshake, Outcome};
+use crate::session::LogView;
 
 /// Steps per seed unless asked otherwise.
 pub const STEPS_DEFAULT: u32 = 300;
@@ -71,6 +75,11 @@ pub struct SimReport {
     pub partitions: u64,
     pub session_resets: u64,
     pub mismatches_refused: u64,
+    /// Connections of an attacker without the key (forged Hellos, replayed
+    /// handshakes) that changed nothing, and forged frames refused on a
+    /// live link.
+    pub strangers_ignored: u64,
+    pub forgeries_refused: u64,
     /// Rejoins refused as possible split brain and resolved as an operator
     /// would (export the tail, cut it).
     pub split_brain_refusals: u64,
@@ -102,6 +111,8 @@ impl SimReport {
             partitions,
             session_resets,
             mismatches_refused,
+            strangers_ignored,
+            forgeries_refused,
             split_brain_refusals,
             refusals,
             cut_writes,
@@ -122,6 +133,8 @@ impl SimReport {
             (&mut self.partitions, partitions),
             (&mut self.session_resets, session_resets),
             (&mut self.mismatches_refused, mismatches_refused),
+            (&mut self.strangers_ignored, strangers_ignored),
+            (&mut self.forgeries_refused, forgeries_refused),
             (&mut self.split_brain_refusals, split_brain_refusals),
             (&mut self.refusals, refusals),
             (&mut self.cut_writes, cut_writes),
@@ -206,8 +219,10 @@ struct Node {
     store: Option<Arc<Store>>,
     repl: Arc<ReplState>,
     role: Role,
-    /// The connection this node is in (both ends share the number).
+    /// The connection this node is in (both ends share the number), and
+    /// its frame sealer and opener (from the handshake).
     conn: Option<u64>,
+    link: Option<(Sealer, Opener)>,
     /// When anything last arrived on the connection.
     heard_ms: u64,
     /// Primary: the next log position to send, when the next heartbeat is
@@ -233,6 +248,8 @@ struct Packet {
     conn: u64,
     to: usize,
     frame: Vec<u8>,
+    /// Injected by the attacker: must never be accepted.
+    forged: bool,
 }
 
 /// Message faults for the whole run, per mille per message.
@@ -242,6 +259,8 @@ struct NetFaults {
     drop: u64,
     duplicate: u64,
     reorder: u64,
+    /// (With a key.) Frames an attacker on the path forges or alters.
+    forge: u64,
 }
 
 struct Sim {
@@ -263,6 +282,11 @@ struct Sim {
     report: SimReport,
     trace: VecDeque<String>,
     last_refusal: Option<String>,
+    /// The pair's key (`--auth-key-file`), in about half the seeds.
+    key: Option<AuthKey>,
+    /// The frames the primary sent in its last handshake, for an attacker
+    /// to replay.
+    recorded: Vec<Vec<u8>>,
 }
 
 const STORE_ID: StoreId = StoreId([7; 16]);
@@ -291,13 +315,14 @@ impl Sim {
         let mut rng = Rng::new(seed);
         let (clock, clock_ms) = Clock::simulated();
         let net = if rng.chance(250) {
-            NetFaults { latency_max: 2, drop: 0, duplicate: 0, reorder: 0 }
+            NetFaults { latency_max: 2, drop: 0, duplicate: 0, reorder: 0, forge: 0 }
         } else {
             NetFaults {
                 latency_max: 1 + rng.below(40),
                 drop: rng.below(15),
                 duplicate: rng.below(15),
                 reorder: rng.below(15),
+                forge: rng.below(10),
             }
         };
         let node = |name: &'static str, role: Role, disk_seed: u64| Node {
@@ -308,6 +333,7 @@ impl Sim {
             repl: Arc::new(ReplState::new(SyncLevel::Durable, PeerLoss::Block)),
             role,
             conn: None,
+            link: None,
             heard_ms: 0,
             send_next: 0,
             heartbeat_due: 0,
@@ -317,6 +343,10 @@ impl Sim {
             writes: Vec::new(),
         };
         let nodes = [node("a", Role::Primary, rng.next_u64()), node("b", Role::Secondary, rng.next_u64())];
+        let key = rng
+            .chance(500)
+            .then(|| AuthKey::new(format!("sim-key-{}", rng.next_u64()).as_bytes()))
+            .and_then(Result::ok);
         Sim {
             rng,
             clock,
@@ -335,6 +365,8 @@ impl Sim {
             report: SimReport { seed, ..SimReport::default() },
             trace: VecDeque::new(),
             last_refusal: None,
+            key,
+            recorded: Vec::new(),
         }
     }
 
@@ -347,7 +379,7 @@ impl Sim {
 
     fn run(&mut self, steps: u32) -> Check {
         let net = self.net;
-        self.note(format!("network: {net:?}"));
+        self.note(format!("network: {net:?}; key: {}", self.key.is_some()));
         self.start(0)?;
         self.start(1)?;
         for step in 1..=steps {
@@ -395,6 +427,7 @@ impl Sim {
                 Ok(())
             }
             88..=89 => self.operator_promotes(),
+            90..=94 => self.stranger(),
             _ => self.mismatched_peer(),
         }
     }
@@ -574,7 +607,6 @@ impl Sim {
             return Ok(());
         }
         let n = up[self.rng.below(up.len() as u64) as usize];
-        let store = self.nodes[n].store()?.clone();
         let ours = self.hello(n)?;
         let mut peer = ours.clone();
         peer.role = if ours.role == Role::Primary { Role::Secondary } else { Role::Primary };
@@ -615,27 +647,146 @@ impl Sim {
             }
             _ => {
                 peer.epoch = ours.epoch + 1;
+                peer.epochs.push(lockstep_engine::EpochStart { epoch: peer.epoch, start_position: ours.log_end });
                 peer.role = ours.role;
                 peer.store_id = StoreId([8; 16]);
                 "another store's primary of a newer epoch"
             }
         };
-        let before = store.info();
-        let verdict = if ours.role == Role::Primary && peer.role == Role::Secondary {
-            primary_verdict(&store, &ours, &peer).map_err(|e| e.to_string())?
-        } else {
-            judge(&ours, &peer, History::Unknown)
+        // The mismatched node holds the pair's key when it says it has one
+        // (it is misconfigured, not an attacker).
+        let peer_key = match (&self.key, peer.auth) {
+            (_, false) => None,
+            (Some(key), true) => Some(key.clone()),
+            (None, true) => AuthKey::new(b"another node's key, not the pair's").ok(),
         };
-        let Verdict::Refuse { reason } = verdict else {
-            return Err(format!("{} accepted a peer with {what}: {verdict:?}", self.nodes[n].name));
+        let before = self.observe(n)?;
+        let outcome = self.handshake_with(n, peer, peer_key, &mut |_, _| {})?;
+        let reason = match outcome {
+            Some(Outcome::Refused(reason) | Outcome::PeerRefused(reason) | Outcome::Stranger(reason)) => reason,
+            other => return Err(format!("{} accepted a peer with {what}: {other:?}", self.nodes[n].name)),
         };
-        let after = store.info();
-        if (after.log_end, after.epoch) != (before.log_end, before.epoch) {
-            return Err(format!("judging a peer with {what} changed {}'s store", self.nodes[n].name));
+        if self.observe(n)? != before {
+            return Err(format!("judging a peer with {what} changed {}'s state", self.nodes[n].name));
         }
         self.report.mismatches_refused += 1;
         let name = self.nodes[n].name;
         self.note(format!("{name} refuses a peer with {what}: {reason}"));
+        Ok(())
+    }
+
+    /// What a connection that is refused must leave as it was: the
+    /// node's role, its store's extent and epoch, what it knows of its
+    /// peer, its link and its session.
+    fn observe(&self, n: usize) -> Result<String, String> {
+        let node = &self.nodes[n];
+        let info = node.store()?.info();
+        let s = node.repl.lock();
+        Ok(format!(
+            "{:?} {} {} {} {} {} {} {:?} {:?} {:?} {:?}",
+            node.role,
+            info.epoch,
+            info.log_end,
+            s.known_epoch,
+            s.accepted_epoch,
+            s.primary_committed,
+            s.link.name(),
+            s.refusal,
+            s.fatal,
+            s.demoted,
+            node.conn
+        ))
+    }
+
+    /// A connection to node `n` (which listens) from a peer whose Hello is
+    /// `peer` and key `peer_key`, run through both real handshake machines;
+    /// `tamper` may change frames on the way. Node `n`'s outcome.
+    fn handshake_with(
+        &mut self,
+        n: usize,
+        mut peer: Hello,
+        peer_key: Option<AuthKey>,
+        tamper: &mut dyn FnMut(bool, &mut Vec<u8>),
+    ) -> Result<Option<Outcome>, String> {
+        peer.auth = peer_key.is_some();
+        peer.nonce = self.nonce();
+        let mut ours = self.hello(n)?;
+        ours.nonce = self.nonce();
+        let store = self.nodes[n].store()?.clone();
+        let (mut dialer, d_hello) = Handshake::start(peer, peer_key, true);
+        let (mut listener, l_hello) = Handshake::start(ours, self.key.clone(), false);
+        let (_, outcome) = run_pair((&mut dialer, d_hello, &EmptyLog), (&mut listener, l_hello, &*store), tamper);
+        Ok(outcome)
+    }
+
+    fn nonce(&mut self) -> [u8; NONCE_LEN] {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        nonce[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        nonce
+    }
+
+    /// An attacker without the pair's key connects to a node (with a key
+    /// configured; without one any peer is trusted, by design): a Hello of
+    /// a primary of the same store at a much newer epoch (which would
+    /// demote a primary and be recorded by a secondary), with a wrong key or
+    /// none, or a replay of the real primary's last handshake. Nothing may
+    /// change: not the role, the epoch, the peer record, the status or the
+    /// live session.
+    fn stranger(&mut self) -> Check {
+        if self.key.is_none() {
+            return Ok(());
+        }
+        let up: Vec<usize> = (0..2).filter(|&n| self.nodes[n].store.is_some()).collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let n = up[self.rng.below(up.len() as u64) as usize];
+        let before = self.observe(n)?;
+        let mut forged = self.hello(n)?;
+        forged.role = Role::Primary;
+        forged.node_id = lockstep_engine::NodeId([0xee; 16]);
+        forged.epoch = lockstep_engine::format::EPOCH_MAX;
+        forged.epochs.push(lockstep_engine::EpochStart { epoch: forged.epoch, start_position: forged.log_end });
+        forged.commit_position = lockstep_engine::format::EPOCH_MAX;
+        let choice = self.rng.below(3);
+        let what = match choice {
+            0 => "a forged newer primary's Hello with a wrong key",
+            1 => "a forged newer primary's Hello without a key",
+            _ => "a replay of the primary's last handshake",
+        };
+        let outcome = match choice {
+            0 => {
+                self.handshake_with(n, forged, AuthKey::new(b"an attacker's guess at the key").ok(), &mut |_, _| {})?
+            }
+            1 => self.handshake_with(n, forged, None, &mut |_, _| {})?,
+            _ => {
+                // The attacker replays the recorded frames in place of what
+                // the dialer sends now (it holds no key; every frame it
+                // would send is replaced).
+                if self.recorded.is_empty() {
+                    return Ok(());
+                }
+                let mut recorded = self.recorded.clone().into_iter();
+                let peer = self.hello(n)?;
+                let guess = AuthKey::new(b"an attacker's guess at the key").ok();
+                self.handshake_with(n, peer, guess, &mut |from_dialer, f| {
+                    if from_dialer {
+                        *f = recorded.next().unwrap_or_default();
+                    }
+                })?
+            }
+        };
+        match outcome {
+            Some(Outcome::Stranger(_)) | Some(Outcome::Failed(_)) | None => {}
+            other => return Err(format!("{} acted on {what}: {other:?}", self.nodes[n].name)),
+        }
+        if self.observe(n)? != before {
+            return Err(format!("{what} changed {}'s state", self.nodes[n].name));
+        }
+        self.report.strangers_ignored += 1;
+        let name = self.nodes[n].name;
+        self.note(format!("{name} ignores {what}"));
         Ok(())
     }
 
@@ -671,10 +822,36 @@ impl Sim {
         }
         self.last_delivery[to] = self.last_delivery[to].max(deliver_at);
         let copies = if self.rng.chance(self.net.duplicate) { 2 } else { 1 };
+        let Some((sealer, _)) = self.nodes[from].link.as_mut() else { return };
+        let frame = sealer.seal(message);
         for _ in 0..copies {
             self.packet_order += 1;
             let order = self.packet_order;
-            self.packets.push(Packet { deliver_at, order, conn, to, frame: message.encode() });
+            self.packets.push(Packet { deliver_at, order, conn, to, frame: frame.clone(), forged: false });
+        }
+        // An attacker on the path of an authenticated link alters this
+        // frame, or forges an acknowledgement of everything (a plain frame,
+        // or one tagged under a guessed key).
+        if self.key.is_some() && self.rng.chance(self.net.forge) {
+            let mut forged = match self.rng.below(3) {
+                0 => Message::Ack { received_end: 1 << 40, durable_end: 1 << 40, heartbeat: 1 }.encode(),
+                1 => Sealer::new(Some([7; 32])).seal(&Message::Ack {
+                    received_end: 1 << 40,
+                    durable_end: 1 << 40,
+                    heartbeat: 1,
+                }),
+                _ => frame,
+            };
+            if let Some(last) = forged.last_mut() {
+                *last ^= 0x20;
+            }
+            // A valid frame checksum: only the tag can tell.
+            if let Some((kind, flags, payload)) = decode_unchecked(&forged) {
+                forged = crate::protocol::frame_with(kind, flags, &payload, &[]);
+            }
+            self.packet_order += 1;
+            let order = self.packet_order;
+            self.packets.push(Packet { deliver_at, order, conn, to, frame: forged, forged: true });
         }
     }
 
@@ -693,8 +870,24 @@ impl Sim {
             if node.store.is_none() || node.conn != Some(packet.conn) {
                 continue; // the connection is gone at this end
             }
-            let (kind, payload) = decode_frame(&packet.frame).map_err(|e| format!("a sent frame: {e}"))?;
-            let message = Message::decode(kind, payload).map_err(|e| format!("a sent message: {e}"))?;
+            let (kind, flags, payload) = parts(&packet.frame).ok_or("a sent frame does not decode")?;
+            let Some((_, opener)) = self.nodes[packet.to].link.as_mut() else { continue };
+            let message = match opener.open(kind, flags, payload) {
+                Ok(_) if packet.forged => {
+                    return Err(format!(
+                        "{} accepted a forged frame on an authenticated link",
+                        self.nodes[packet.to].name
+                    ))
+                }
+                Ok(message) => message,
+                Err(e) => {
+                    // As the node does: the link is closed (a replayed or
+                    // reordered frame fails its tag just as a forged one).
+                    self.report.forgeries_refused += u64::from(packet.forged);
+                    self.reset(packet.to, format!("a frame failed to open: {e}"));
+                    continue;
+                }
+            };
             self.nodes[packet.to].heard_ms = self.now;
             match self.nodes[packet.to].role {
                 Role::Primary => self.primary_receives(packet.to, message)?,
@@ -804,31 +997,44 @@ impl Sim {
             return Ok(());
         }
         self.nodes[p].backoff = RECONNECT_BACKOFF.0.as_millis() as u64;
-        let (ours, theirs) = (roundtrip(self.hello(p)?)?, roundtrip(self.hello(s)?)?);
-        if theirs.role == Role::Primary {
-            if theirs.epoch == ours.epoch {
-                return Err(format!(
-                    "{} and {} are both primary of epoch {}",
-                    self.nodes[p].name, self.nodes[s].name, ours.epoch
-                ));
+        let (mut ours, mut theirs) = (self.hello(p)?, self.hello(s)?);
+        if theirs.role == Role::Primary && theirs.epoch == ours.epoch {
+            return Err(format!(
+                "{} and {} are both primary of epoch {}",
+                self.nodes[p].name, self.nodes[s].name, ours.epoch
+            ));
+        }
+        (ours.nonce, theirs.nonce) = (self.nonce(), self.nonce());
+        // Both real handshake machines, every frame through the codec; the
+        // dialer's frames are kept for an attacker to replay.
+        let (ps, ss) = (self.nodes[p].store()?.clone(), self.nodes[s].store()?.clone());
+        let (mut dialer, d_hello) = Handshake::start(ours.clone(), self.key.clone(), true);
+        let (mut listener, l_hello) = Handshake::start(theirs.clone(), self.key.clone(), false);
+        let mut recorded = Vec::new();
+        let outcomes = run_pair((&mut dialer, d_hello, &*ps), (&mut listener, l_hello, &*ss), &mut |from_dialer, f| {
+            if from_dialer {
+                recorded.push(f.clone());
+            }
+        });
+        self.recorded = recorded;
+        drop((ps, ss)); // a node that steps down or rejoins reopens its store
+        match outcomes {
+            (Some(Outcome::Accepted), Some(Outcome::Accepted)) => {
+                self.nodes[p].link = Some(dialer.into_channel());
+                self.nodes[s].link = Some(listener.into_channel());
+                self.connect(p, &ours, &theirs)
             }
             // The one of the older epoch was replaced: it steps down.
-            let (older, newer) = if theirs.epoch > ours.epoch { (p, &theirs) } else { (s, &ours) };
-            return self.demote(older, newer);
-        }
-        let store = self.nodes[p].store()?.clone();
-        let verdict = primary_verdict(&store, &ours, &theirs).map_err(|e| e.to_string())?;
-        let answer = judge(&theirs, &ours, History::Unknown);
-        match (verdict, answer) {
-            (Verdict::Accept { .. }, Verdict::Accept { .. }) => self.connect(p, &ours, &theirs),
-            (Verdict::Rejoin { position, fingerprint }, Verdict::Accept { .. }) => {
+            (Some(Outcome::StepDown), Some(Outcome::PeerStepsDown)) => self.demote(p, &theirs),
+            (Some(Outcome::PeerStepsDown), Some(Outcome::StepDown)) => self.demote(s, &ours),
+            (Some(Outcome::PeerRejoins { .. }), Some(Outcome::Rejoin { position, fingerprint })) => {
                 self.rejoin(s, &ours, position, fingerprint)
             }
             // As the node does: a node that never had a handshake accepted
             // since it started exits (76); one that had retries later. The
             // secondary of a primary that lost blocks it holds goes on, and
             // takes over after the lease.
-            (Verdict::Refuse { reason }, _) | (_, Verdict::Refuse { reason }) => {
+            (Some(Outcome::Refused(reason) | Outcome::PeerRefused(reason)), answer) => {
                 self.report.refusals += 1;
                 let note = format!(
                     "the pair refuses to connect (epochs {} and {}, log ends {} and {}): {reason}",
@@ -837,11 +1043,14 @@ impl Sim {
                 self.note(note.clone());
                 self.last_refusal = Some(note);
                 self.nodes[p].dial_at = self.now + REFUSED_RETRY.as_millis() as u64;
-                let behind = primary_lost_blocks(self.nodes[s].store()?, &theirs, &ours);
-                if behind {
-                    self.report.primary_behind += 1;
-                    self.nodes[s].repl.primary_behind(&reason);
-                }
+                let behind = match answer {
+                    Some(Outcome::PrimaryBehind(why)) => {
+                        self.report.primary_behind += 1;
+                        self.nodes[s].repl.primary_behind(&why);
+                        true
+                    }
+                    _ => false,
+                };
                 for (n, exits) in [(p, true), (s, !behind)] {
                     if exits && !self.nodes[n].repl.lock().accepted_once {
                         self.stop(n, false)?;
@@ -849,7 +1058,7 @@ impl Sim {
                 }
                 Ok(())
             }
-            (verdict, answer) => Err(format!("unexpected verdicts {verdict:?} / {answer:?}")),
+            (d, l) => Err(format!("unexpected handshake outcomes: primary {d:?}, secondary {l:?}")),
         }
     }
 
@@ -859,6 +1068,7 @@ impl Sim {
         let mut hello = Hello {
             auto_failover: node.role == Role::Secondary,
             lease_ms: LEASE.as_millis() as u64,
+            auth: self.key.is_some(),
             ..Hello::example(node.role)
         };
         describe(&mut hello, store);
@@ -1128,7 +1338,7 @@ impl Sim {
     /// on both.
     fn converge(&mut self) -> Check {
         self.partitioned = false;
-        self.net = NetFaults { latency_max: 2, drop: 0, duplicate: 0, reorder: 0 };
+        self.net = NetFaults { latency_max: 2, drop: 0, duplicate: 0, reorder: 0, forge: 0 };
         self.note("faults end".into());
         for n in 0..2 {
             if self.nodes[n].store.is_none() {
@@ -1214,13 +1424,24 @@ impl Sim {
     }
 }
 
-/// A Hello as the peer reads it: encoded, framed, decoded.
-fn roundtrip(hello: Hello) -> Result<Hello, String> {
-    let frame = Message::Hello(hello).encode();
-    let (kind, payload) = decode_frame(&frame).map_err(|e| e.to_string())?;
-    match Message::decode(kind, payload).map_err(|e| e.to_string())? {
-        Message::Hello(hello) => Ok(hello),
-        other => Err(format!("a Hello decoded as {other:?}")),
+/// A frame's parts without checking its checksum (an attacker rebuilds it).
+fn decode_unchecked(frame: &[u8]) -> Option<(u16, u16, Vec<u8>)> {
+    let header = frame.get(..crate::protocol::FRAME_HEADER_LEN)?;
+    let kind = u16::from_le_bytes([header[4], header[5]]);
+    let flags = u16::from_le_bytes([header[6], header[7]]);
+    Some((kind, flags, frame[crate::protocol::FRAME_HEADER_LEN..].to_vec()))
+}
+
+/// The log of a peer that is not one of the pair's nodes (an attacker, a
+/// mismatched node): empty.
+struct EmptyLog;
+
+impl LogView for EmptyLog {
+    fn durable_end(&self) -> u64 {
+        0
+    }
+    fn fingerprint_at(&self, position: u64) -> lockstep_engine::Result<Option<Fingerprint>> {
+        Ok((position == 0).then_some(Fingerprint(0)))
     }
 }
 
@@ -1288,7 +1509,7 @@ pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) ->
         "{} seeds held every invariant in {:.0} s: {} steps, {:.0} simulated seconds, {} acknowledged writes, {} \
          messages, {} power cuts ({} during a write), {} partitions, {} promotions, {} rejoins ({} refused as \
          possible split brain, resolved by export), {} primaries found behind their secondary (which took over), \
-         {} mismatched peers refused",
+         {} mismatched peers refused, {} attacker connections ignored, {} forged frames refused",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         t.steps,
@@ -1302,7 +1523,9 @@ pub fn run_many(seeds: &[u64], steps: u32, progress: &mut dyn std::io::Write) ->
         t.rejoins,
         t.split_brain_refusals,
         t.primary_behind,
-        t.mismatches_refused
+        t.mismatches_refused,
+        t.strangers_ignored,
+        t.forgeries_refused
     ))
 }
 

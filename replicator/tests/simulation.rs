@@ -26,6 +26,8 @@ fn the_runs_exercise_what_they_claim_to() {
         ("demotions", total(|r| r.demotions)),
         ("partitions", total(|r| r.partitions)),
         ("refused mismatches", total(|r| r.mismatches_refused)),
+        ("ignored attacker connections", total(|r| r.strangers_ignored)),
+        ("refused forged frames", total(|r| r.forgeries_refused)),
     ] {
         assert!(n > 0, "no {what} in 40 seeds");
     }

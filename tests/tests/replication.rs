@@ -115,6 +115,31 @@ fn assert_refused(
     }
 }
 
+/// A primary whose secondary does not hold its key exits 76; the
+/// secondary cannot tell that peer from a stranger, so it logs the failed
+/// authentication and goes on waiting for its real primary (a stranger's
+/// bad proof must never stop a node). Neither log changes.
+#[track_caller]
+fn assert_refused_by_the_primary(pdir: &Path, sdir: &Path, s_extra: &[&str], p_extra: &[&str], expect: &str) {
+    let before = (inspect(pdir), inspect(sdir));
+    let mut secondary = start_secondary(sdir, "127.0.0.1:0", s_extra, &[]);
+    let peer = secondary.repl.clone().expect("repl address");
+    let (primary_code, primary_log) =
+        serve_until_exit(&primary_args(pdir, &peer, p_extra), &pdir.with_extension("primary.log"));
+    assert_eq!(primary_code, Some(76), "primary log: {primary_log}");
+    assert!(primary_log.contains(expect), "the primary's message lacks {expect:?}: {primary_log}");
+    wait_until("the secondary logs the failed authentication", &[&secondary], Duration::from_secs(10), || {
+        secondary.log().contains(expect)
+    });
+    assert_eq!(secondary.wait_exit(Duration::from_millis(300)), None, "{}", secondary.log());
+    assert_eq!(status(&secondary.client)["link"], "connecting", "a stranger changed the secondary's link state");
+    drop(secondary);
+    let after = (inspect(pdir), inspect(sdir));
+    for (b, a) in [(&before.0, &after.0), (&before.1, &after.1)] {
+        assert_eq!((&b["log_end"], &b["fingerprint"]), (&a["log_end"], &a["fingerprint"]), "a refused pair wrote");
+    }
+}
+
 #[test]
 fn mismatched_builds_and_stores_are_refused_with_exit_76_and_nothing_written() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -124,7 +149,7 @@ fn mismatched_builds_and_stores_are_refused_with_exit_76_and_nothing_written() {
     // Another on-disk format version.
     assert_refused(&pdir, &sdir, &[("LOCKSTEP_TEST_FORMAT_VERSION", "2")], &[], &[], &["format v1", "format v2"]);
     // Protocol ranges that do not overlap (both constants raised).
-    assert_refused(&pdir, &sdir, &[("LOCKSTEP_TEST_PROTOCOL_RANGE", "2..2")], &[], &[], &["1..=1", "2..=2"]);
+    assert_refused(&pdir, &sdir, &[("LOCKSTEP_TEST_PROTOCOL_RANGE", "3..3")], &[], &[], &["2..=2", "3..=3"]);
 
     // Another store.
     let other = root.path().join("other");
@@ -145,7 +170,7 @@ fn mismatched_builds_and_stores_are_refused_with_exit_76_and_nothing_written() {
     std::fs::write(&key_a, "correct horse battery staple\n").expect("key");
     std::fs::write(&key_b, "another secret of enough bytes\n").expect("key");
     let (a, b) = (["--auth-key-file", p(&key_a)], ["--auth-key-file", p(&key_b)]);
-    assert_refused(&pdir, &sdir, &[], &b, &a, &["authentication failed"]);
+    assert_refused_by_the_primary(&pdir, &sdir, &b, &a, "authentication failed");
     assert_refused(&pdir, &sdir, &[], &[], &a, &["one side only"]);
 }
 
@@ -156,12 +181,12 @@ fn a_secondary_one_protocol_version_newer_connects_and_the_same_key_authenticate
     let key = root.path().join("key");
     std::fs::write(&key, "correct horse battery staple\n").expect("key");
     let auth = ["--auth-key-file", p(&key)];
-    let secondary = start_secondary(&sdir, "127.0.0.1:0", &auth, &[("LOCKSTEP_TEST_PROTOCOL_RANGE", "1..2")]);
+    let secondary = start_secondary(&sdir, "127.0.0.1:0", &auth, &[("LOCKSTEP_TEST_PROTOCOL_RANGE", "2..3")]);
     let primary = start_primary(&pdir, secondary.repl.as_deref().expect("repl"), &auth, &[]);
     expect_code(0, ["client", "--addr", &primary.client, "put", "k", "v"]);
     assert_eq!(expect_code(0, ["client", "--addr", &secondary.client, "get", "k"]).stdout, "v");
     assert_eq!(status(&primary.client)["link"], "connected");
-    assert!(secondary.log().contains("accepted at protocol version 1"), "{}", secondary.log());
+    assert!(secondary.log().contains("accepted at protocol version 2"), "{}", secondary.log());
 }
 
 /// A pair whose replication link runs through a fault-injecting proxy.
