@@ -1021,6 +1021,12 @@ pub fn verify_block(
             return Err(DecodeError::Fingerprint { stored: fingerprint, computed });
         }
     }
+    // Every record takes at least its header: a count the body cannot
+    // hold is refused before anything is allocated for it.
+    let fits = (body_end.saturating_sub(BLOCK_HEADER_LEN) / RECORD_HEADER_LEN) as u64;
+    if u64::from(header.record_count) > fits {
+        return Err(DecodeError::BadField { field: "record_count", value: header.record_count.into() });
+    }
     let mut records = Vec::with_capacity(header.record_count as usize);
     let mut at = BLOCK_HEADER_LEN;
     for _ in 0..header.record_count {
@@ -1232,6 +1238,25 @@ mod tests {
             verify_block(&block[..block.len() - 1], 0, seed, rseed, None),
             Err(DecodeError::Truncated { .. })
         ));
+    }
+
+    /// A block that verifies but claims more records than its body can
+    /// hold is refused before the decoder reserves room for that many
+    /// (it reserved `record_count` items first).
+    #[test]
+    fn a_record_count_the_block_cannot_hold_is_refused_before_allocating() {
+        let (position, prev) = (0, genesis_fingerprint(&store()));
+        let rseed = record_seed(&store());
+        let mut records = Vec::new();
+        encode_record(&mut records, rseed, RECORD_KIND_PUT, b"a", b"1");
+        let mut b = BlockBuilder::new();
+        b.push_records(&records, 100_000_000);
+        let seed = block_seed(&store(), 0, position);
+        let (block, _) = b.finish(position, 1, position, seed, prev);
+        assert_eq!(
+            verify_block(&block, position, seed, rseed, Some(prev)).err(),
+            Some(DecodeError::BadField { field: "record_count", value: 100_000_000 })
+        );
     }
 
     #[test]

@@ -567,6 +567,12 @@ impl Store {
         self.shared.check_poisoned()
     }
 
+    /// Why the store refuses writes, once a write or fsync failed (it stays
+    /// so until reopened).
+    pub fn poisoned(&self) -> Option<String> {
+        lock(&self.shared.poisoned).clone()
+    }
+
     /// Begins the next epoch at the current log end (a promotion): every
     /// earlier write is made durable, the epoch and its start position are
     /// recorded durably in the superblock's epoch history, and every later

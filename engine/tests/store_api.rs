@@ -277,3 +277,56 @@ fn a_promotion_begins_an_epoch_after_every_one_known() {
     let epochs: Vec<u64> = store.epoch_history().iter().map(|e| e.epoch).collect();
     assert_eq!(epochs, [1, 2, 8, 9]);
 }
+
+/// Reported from outside: an epoch of `u64::MAX` learned from a peer made a
+/// later promotion wrap the epoch to 0, and the store never opened again.
+#[test]
+fn a_promotion_past_an_absurd_epoch_is_refused_and_the_store_still_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_small(dir.path());
+    store.put("k", "v").expect("put");
+    for known in [u64::MAX, lockstep_engine::format::EPOCH_MAX] {
+        match store.promote_past(known) {
+            Err(Error::InvalidArgument(reason)) => assert!(reason.contains("nothing was changed"), "{reason}"),
+            other => panic!("promotion past epoch {known}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.promote_past(lockstep_engine::format::EPOCH_MAX - 1).expect("the last epoch"),
+        lockstep_engine::format::EPOCH_MAX
+    );
+    store.put("k2", "v2").expect("writes go on");
+    drop(store);
+    let store = open_small(dir.path());
+    assert_eq!(store.info().epoch, lockstep_engine::format::EPOCH_MAX);
+    assert_eq!(store.get("k2").expect("get").as_deref(), Some(&b"v2"[..]));
+}
+
+/// Reported from outside: two threads replacing `aux-peer` through the
+/// same temporary name failed (`renaming …/aux-peer.tmp: No such file`).
+#[test]
+fn auxiliary_files_can_be_replaced_from_several_threads_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(open_small(dir.path()));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    store.write_aux_file("peer", format!("{t}-{i}").as_bytes()).expect("replace aux-peer");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let last = String::from_utf8(store.read_aux_file("peer").expect("read").expect("present")).expect("utf8");
+    assert!(last.ends_with("-49"), "{last}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

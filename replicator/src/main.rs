@@ -412,6 +412,7 @@ fn run(command: Command) -> Result<u8, Failure> {
                 },
                 peer_loss: on_peer_loss,
                 auth_key,
+                storage: None,
                 auto_failover,
                 lease,
             };
@@ -605,6 +606,17 @@ fn serve(config: NodeConfig, out: &mut impl Write) -> Result<u8, Failure> {
         if let Some(reason) = node.fatal() {
             node.shutdown()?;
             return Err(NodeError::Refused(reason).into());
+        }
+        if let Some(reason) = node.poisoned() {
+            tracing::error!("the store can no longer write durably: {reason}");
+            let _ = node.shutdown();
+            return Err(Failure {
+                code: 74,
+                message: format!(
+                    "the store can no longer write durably ({reason}); this node stopped so that its peer can take \
+                     over — fix the disk (space, errors), then start it again: the store is checked when it opens"
+                ),
+            });
         }
         if stop.load(Ordering::SeqCst) {
             tracing::info!("stopping: finishing the writes in flight and closing the store");

@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// The primary's lease, renewed by the secondary's acknowledgements,
     /// when the pair runs automatic failover.
     pub lease: Duration,
+    /// Where the store's files live (`None`: the real file system). Tests
+    /// inject faults through it.
+    pub storage: Option<Arc<dyn lockstep_engine::storage::Storage>>,
 }
 
 /// The default `--lease`.
@@ -92,6 +95,7 @@ impl NodeConfig {
             auth_key: None,
             auto_failover: false,
             lease: LEASE_DEFAULT,
+            storage: None,
         }
     }
 }
@@ -191,6 +195,17 @@ fn format_version() -> u32 {
 
 pub use crate::handshake::settings_hash;
 
+/// How the node opens its store: existing only, with the replica hook.
+fn store_options(config: &NodeConfig, repl: &Arc<ReplState>) -> Options {
+    let defaults = Options::default();
+    Options {
+        create_if_missing: false,
+        replica: Some(repl.clone()),
+        storage: config.storage.clone().unwrap_or(defaults.storage.clone()),
+        ..defaults
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -208,8 +223,7 @@ impl Node {
         let repl = Arc::new(ReplState::new(config.sync, config.peer_loss));
         // Both roles: a secondary writes only received blocks, which are not
         // shipped, and a promoted one needs the hook from its first write.
-        let options = Options { create_if_missing: false, replica: Some(repl.clone()), ..Options::default() };
-        let store = Arc::new(Store::open(&config.dir, options)?);
+        let store = Arc::new(Store::open(&config.dir, store_options(&config, &repl))?);
         let record = PeerRecord::load(&store)
             .map_err(|reason| NodeError::Io { context: reason, source: std::io::ErrorKind::InvalidData.into() })?;
         repl.store_opened(&store, record);
@@ -273,6 +287,14 @@ impl Node {
     /// that cannot trust its peer must not run (`lockstep serve` exits 76).
     pub fn fatal(&self) -> Option<String> {
         self.shared.repl.lock().fatal.clone()
+    }
+
+    /// Why the store can no longer write durably (a write or fsync failed),
+    /// if so. Such a node stops heartbeats and lease renewals (a primary;
+    /// its secondary takes over) and applies nothing more (a secondary);
+    /// `lockstep serve` exits 74.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned()
     }
 
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), NodeError> {
@@ -489,6 +511,17 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The store's poisoning, unless it is the node's own doing (writes
+    /// failed on purpose while it is demoted or shuts down).
+    fn poisoned(&self) -> Option<String> {
+        let s = self.repl.lock();
+        if s.demoted.is_some() || s.closing {
+            return None;
+        }
+        drop(s);
+        self.store().poisoned()
     }
 
     fn register(&self, stream: &TcpStream) {
@@ -812,8 +845,7 @@ impl Shared {
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         loop {
             if let Some(store) = Arc::get_mut(&mut slot) {
-                let options =
-                    Options { create_if_missing: false, replica: Some(self.repl.clone()), ..Options::default() };
+                let options = store_options(&self.config, &self.repl);
                 let reopen = options.clone();
                 return store.reopen_with(reopen, |_| between(&options)).map(Some);
             }
@@ -830,7 +862,7 @@ impl Shared {
     fn dial(self: Arc<Self>) {
         let mut backoff = RECONNECT_BACKOFF.0;
         while !self.stopping() {
-            if self.role() != Role::Primary {
+            if self.role() != Role::Primary || self.poisoned().is_some() {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -958,6 +990,12 @@ impl Shared {
         let mut stalled = (self.repl.lock().peer_durable, Instant::now());
         loop {
             if dead.load(Ordering::SeqCst) || self.stopping() {
+                return SessionEnd::Stopped;
+            }
+            // A primary that cannot write durably sends no more heartbeats:
+            // its lease runs out and its secondary may take over.
+            if let Some(reason) = self.poisoned() {
+                tracing::error!("this primary can no longer write durably ({reason}): replication stops");
                 return SessionEnd::Stopped;
             }
             // Heartbeats go out on schedule even under load: they renew the

@@ -1019,6 +1019,64 @@ mod tests {
         );
     }
 
+    /// Every number a Hello carries is bounded before anything uses it
+    /// (an epoch of u64::MAX once bricked a store; a lease of u64::MAX
+    /// let two primaries answer).
+    #[test]
+    fn hello_numbers_out_of_their_bounds_are_refused() {
+        let decode = |h: Hello| Message::decode(KIND_HELLO, &payload_of(&Message::Hello(h)));
+        let mut h = hello();
+        h.lease_ms = u64::MAX;
+        assert_eq!(decode(h), Err(WireError::BadField { field: "lease_ms", value: u64::MAX }));
+        let mut h = hello();
+        h.lease_ms = LEASE_MS_MIN - 1;
+        assert_eq!(decode(h), Err(WireError::BadField { field: "lease_ms", value: LEASE_MS_MIN - 1 }));
+        let mut h = hello();
+        h.epoch = EPOCH_MAX + 1;
+        h.epochs.push(EpochStart { epoch: EPOCH_MAX + 1, start_position: 4096 });
+        assert_eq!(decode(h), Err(WireError::BadField { field: "epochs", value: EPOCH_MAX + 1 }));
+        let mut h = hello();
+        h.log_end = LOG_POSITION_MAX + 1;
+        assert_eq!(decode(h), Err(WireError::BadField { field: "log_end", value: LOG_POSITION_MAX + 1 }));
+        let mut h = hello();
+        h.peer_loss = PeerLoss::Degrade { after_ms: DEGRADE_MS_MAX + 1 };
+        assert_eq!(decode(h), Err(WireError::BadField { field: "degrade_ms", value: DEGRADE_MS_MAX + 1 }));
+        let hb = Message::Heartbeat {
+            log_end: u64::MAX,
+            fingerprint: Fingerprint(0),
+            commit_position: 0,
+            time_ms: 0,
+            seq: 1,
+        };
+        assert_eq!(
+            Message::decode(KIND_HEARTBEAT, &payload_of(&hb)),
+            Err(WireError::BadField { field: "log_end", value: u64::MAX })
+        );
+    }
+
+    /// Frames are bounded by their kind before their payload is read: a
+    /// connection announcing a 24 MiB Hello (or a frame of an unknown
+    /// kind) is refused after its 12-byte header.
+    #[test]
+    fn frames_are_bounded_by_kind_before_their_payload_is_read() {
+        let header = |kind: u16, len: usize| {
+            let mut f = frame(kind, &[]);
+            f[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+            f
+        };
+        let read = |bytes: Vec<u8>| read_message_frame(&mut &bytes[..], |_| true).map_err(|e| e.to_string());
+        let err = read(header(KIND_HELLO, HELLO_PAYLOAD_MAX + 1)).expect_err("an oversized Hello");
+        assert!(err.contains("exceeds the limit"), "{err}");
+        assert!(read(header(KIND_ACK, 25)).expect_err("a long Ack").contains("exceeds"));
+        assert!(read(header(99, 0)).expect_err("unknown kind").contains("unknown frame kind 99"));
+        let only_hello =
+            read_message_frame(&mut &Message::Auth { proof: [0; PROOF_LEN] }.encode()[..], |k| k == KIND_HELLO);
+        assert!(only_hello.is_err(), "a kind the phase does not allow was read");
+        let ack = Message::Ack { received_end: 3, durable_end: 2, heartbeat: 1 };
+        let (kind, flags, payload) = read_message_frame(&mut &ack.encode()[..], |_| true).expect("an Ack");
+        assert_eq!((Message::decode(kind, &payload), flags), (Ok(ack), 0));
+    }
+
     #[test]
     fn oversized_keys_are_refused_before_allocating() {
         let mut o = Out::default();

@@ -48,3 +48,46 @@ fn an_embedded_pair_replicates_writes_and_the_secondary_refuses_them() {
     Store::open(&pdir, Options::default()).expect("reopen primary").close().expect("close");
     Store::open(&sdir, Options::default()).expect("reopen secondary").close().expect("close");
 }
+
+/// A primary whose disk fails an fsync is poisoned: it stops heartbeats and
+/// lease renewals, so its secondary (automatic failover) takes over, and it
+/// says why (`lockstep serve` exits 74 on it). Before, it went on renewing
+/// its lease while it could not write, and the pair stood still.
+#[test]
+fn a_poisoned_primary_stops_its_lease_and_its_secondary_takes_over() {
+    use lockstep_engine::sim::{Faults, SimStorage};
+    let root = tempfile::tempdir().expect("tempdir");
+    let disk = SimStorage::new(7);
+    let pdir = std::path::PathBuf::from("/primary");
+    let on_disk = Options { storage: std::sync::Arc::new(disk.clone()), ..Options::default() };
+    let id = Store::create(&pdir, &on_disk).expect("create");
+    let sdir = root.path().join("s");
+    Store::create(&sdir, &Options { store_id: Some(id), ..Options::default() }).expect("create second site");
+    let secondary = Node::start(NodeConfig {
+        auto_failover: true,
+        lease: Duration::from_millis(100),
+        ..config(&sdir, Role::Secondary, "127.0.0.1:9".into())
+    })
+    .expect("secondary");
+    let peer = secondary.repl_addr().expect("repl address").to_string();
+    let primary = Node::start(NodeConfig {
+        storage: Some(std::sync::Arc::new(disk.clone())),
+        ..config(&pdir, Role::Primary, peer)
+    })
+    .expect("primary");
+    primary.put("k", "v").expect("put");
+    assert_eq!(primary.poisoned(), None);
+
+    disk.set_faults(Faults { fail_sync_after: Some(0), ..Faults::default() });
+    primary.put("k2", "v2").expect_err("the fsync failed");
+    let reason = primary.poisoned().expect("the primary knows it is poisoned");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while secondary.status()["role"] != "primary" {
+        assert!(Instant::now() < deadline, "the secondary never took over: {} / {reason}", secondary.status());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(secondary.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+    secondary.put("k3", "v3").expect("the new primary takes writes");
+    disk.set_faults(Faults::default());
+    drop(primary);
+}

@@ -123,6 +123,17 @@ fn main() -> Result<()> {
         let frame = Message::Hello(hello.clone()).encode();
         corpus.add("handshake", name, &frame[FRAME_HEADER_LEN..])?;
         corpus.add("wire_messages", name, &unframed(&frame))?;
+        // A stranger's handshake: this Hello, then a zero proof (frames as
+        // `kind ‖ flags ‖ len ‖ payload`).
+        let auth = Message::Auth { proof: [0; PROOF_LEN] }.encode();
+        let mut frames = Vec::new();
+        for f in [&frame, &auth] {
+            let payload = &f[FRAME_HEADER_LEN..];
+            frames.extend_from_slice(&f[4..8]);
+            frames.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+            frames.extend_from_slice(payload);
+        }
+        corpus.add("stranger_handshake", name, &frames)?;
     }
     let messages = [
         ("auth", Message::Auth { proof: [7; PROOF_LEN] }),
