@@ -952,15 +952,11 @@ impl Shared {
     fn read_acks(&self, mut stream: TcpStream, dead: &AtomicBool, mut opener: Opener) -> SessionEnd {
         let end = loop {
             match recv(&mut stream, &mut opener) {
-                Ok(Message::Ack { received_end, .. }) if received_end > self.repl.lock().shipped_end => {
-                    break SessionEnd::Io(invalid(format!(
-                        "the secondary acknowledged position {received_end}, beyond what this primary shipped ({})",
-                        self.repl.lock().shipped_end
-                    )));
-                }
                 Ok(Message::Ack { received_end, durable_end, heartbeat }) => {
+                    if let Err(e) = self.repl.acknowledge(received_end, durable_end) {
+                        break SessionEnd::Io(invalid(e));
+                    }
                     self.repl.renew_lease(heartbeat);
-                    self.repl.acknowledge(received_end, durable_end);
                     let store = self.store();
                     if store.unreplicated_acks() {
                         store.peer_holds(durable_end);

@@ -15,7 +15,8 @@ use crate::node::DIVERGENCE_FILE;
 
 /// Writes `records` as JSON lines: `key` and `value` in base64 (`value`
 /// null for a delete), `key_text` when the key is UTF-8, `position` (of
-/// the block), `epoch`. Synced before returning.
+/// the block), `epoch`. Synced, with its directory and that directory's
+/// parent, before returning.
 pub fn export(path: &Path, records: &[RemovedRecord]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -32,7 +33,13 @@ pub fn export(path: &Path, records: &[RemovedRecord]) -> std::io::Result<()> {
         });
         writeln!(out, "{line}")?;
     }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    // The file's name, and the directory it may have created, are durable
+    // too before anything is cut.
+    for dir in path.ancestors().skip(1).take(2).filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The divergence point a split-brain refusal recorded in `dir`.

@@ -338,8 +338,17 @@ impl ReplState {
     }
 
     /// Records the peer's acknowledgement; leaves degraded mode once the
-    /// peer is close enough to the log end again.
-    pub fn acknowledge(&self, received: u64, durable: u64) {
+    /// peer is close enough to the log end again. An acknowledgement of
+    /// more than was shipped is refused (the link must close): nothing the
+    /// peer says may move a watermark past what exists.
+    pub fn acknowledge(&self, received: u64, durable: u64) -> Result<(), String> {
+        let shipped = self.lock().shipped_end;
+        if received > shipped || durable > received {
+            return Err(format!(
+                "the secondary acknowledged position {received} (durable {durable}), beyond what this primary \
+                 shipped ({shipped})"
+            ));
+        }
         self.update(|s| {
             s.peer_received = s.peer_received.max(received).max(durable);
             s.peer_durable = s.peer_durable.max(durable);
@@ -362,6 +371,7 @@ impl ReplState {
                 s.degraded = false;
             }
         });
+        Ok(())
     }
 
     /// The secondary acknowledged heartbeat `seq`: the lease lasts until
@@ -730,7 +740,7 @@ mod tests {
             std::thread::spawn(move || state.wait_replicated(100))
         };
         std::thread::sleep(Duration::from_millis(10));
-        state.acknowledge(100, 100);
+        state.acknowledge(100, 100).expect("ack");
         assert_eq!(waiter.join().expect("thread"), Ok(Replicated { end: 100, alone: false }));
         assert_eq!(ReplState::exposure(&state.lock()), 0);
 
@@ -741,9 +751,9 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert!(state.lock().degraded);
         assert_eq!(ReplState::exposure(&state.lock()), 100);
-        state.acknowledge(100, 100);
+        state.acknowledge(100, 100).expect("ack");
         assert!(state.lock().degraded, "a stale acknowledgement ended degraded mode");
-        state.acknowledge(200, 200);
+        state.acknowledge(200, 200).expect("ack");
         assert!(!state.lock().degraded);
         assert_eq!(ReplState::exposure(&state.lock()), 0);
     }
@@ -767,7 +777,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "the async lag bound was not enforced");
-        state.acknowledge(1, 1);
+        state.acknowledge(1, 1).expect("ack");
         assert_eq!(waiter.join().expect("thread"), Ok(Replicated { end: ASYNC_LAG_BYTES_MAX + 1, alone: true }));
     }
 
@@ -829,6 +839,21 @@ mod tests {
         // A damaged record stops the node rather than being ignored.
         std::fs::write(dir.path().join("aux-peer"), b"{not json").expect("damage");
         assert!(PeerRecord::load(&store).expect_err("damaged").contains("damaged"));
+    }
+
+    /// Reported from outside: a relay forged Acks and the primary answered
+    /// a durable write the secondary never received. Besides the MAC, no
+    /// acknowledgement may reach beyond what was shipped.
+    #[test]
+    fn an_acknowledgement_beyond_what_was_shipped_is_refused() {
+        let state = ReplState::new(SyncLevel::Durable, PeerLoss::Block);
+        state.ship(&block(0, 100));
+        let err = state.acknowledge(1 << 40, 1 << 40).expect_err("beyond what was shipped");
+        assert!(err.contains("beyond what this primary shipped (100)"), "{err}");
+        assert_eq!(state.lock().peer_durable, 0, "a refused acknowledgement moved the watermark");
+        assert!(state.acknowledge(100, 101).is_err(), "durable beyond received");
+        assert_eq!(state.acknowledge(100, 100), Ok(()));
+        assert_eq!(state.lock().peer_durable, 100);
     }
 
     #[test]

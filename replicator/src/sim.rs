@@ -1169,8 +1169,12 @@ impl Sim {
         match message {
             Message::Ack { received_end, durable_end, heartbeat } => {
                 let node = &self.nodes[p];
+                if let Err(e) = node.repl.acknowledge(received_end, durable_end) {
+                    self.reset(p, e);
+                    return Ok(());
+                }
+                let node = &self.nodes[p];
                 node.repl.renew_lease(heartbeat);
-                node.repl.acknowledge(received_end, durable_end);
                 let store = node.store()?;
                 if store.unreplicated_acks() {
                     store.peer_holds(durable_end);
